@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// acceptor.go: the acceptor role.
+//
+// Invariants, kept by the transitions below and by Acceptor's wrapper:
+//   - A1: promised never decreases.
+//   - A2: a value is accepted only under a ballot >= promised, and accepting
+//     raises promised to that ballot.
+//   - A3: no reply leaves before the journal holds, synced, every record
+//     written up to and including the request's own (group commit may
+//     share one fsync among many requests, never skip one).
+//   - A4: state for slots <= floor is dropped only once those slots are
+//     chosen and stored, synced, in this node's learner log; every promise
+//     reports floor so a new leader learns those slots before it proposes.
+
+// acceptorState is the acceptor's memory: pure data, changed only by the
+// transition methods, which return the record that must be made durable
+// before their reply is sent.
+type acceptorState struct {
+	promised Ballot
+	floor    Slot
+	accepted map[Slot]SlotValue // slot > floor only
+}
+
+// acceptorRecord is one journal record: a promise, an acceptance of a
+// batch of slots, or a checkpoint that restates the whole state.
+type acceptorRecord struct {
+	Kind     string      `json:"k"` // "p", "a" or "c"
+	Promised Ballot      `json:"p"`
+	Floor    Slot        `json:"f,omitempty"`
+	Values   []SlotValue `json:"v,omitempty"`
+}
+
+func newAcceptorState() *acceptorState {
+	return &acceptorState{accepted: make(map[Slot]SlotValue)}
+}
+
+// prepare implements phase 1b: "If an acceptor receives a prepare request
+// with number n greater than that of any prepare request to which it has
+// already responded, then it responds with a promise not to accept any
+// more proposals numbered less than n and with the highest-numbered
+// proposal (if any) that it has accepted." A repeat of the promised ballot
+// is answered again (duplicated messages are harmless); a lower one is
+// refused with the current promise so the proposer can move past it.
+func (s *acceptorState) prepare(b Ballot, from Slot) (Promise, *acceptorRecord) {
+	if b.Less(s.promised) {
+		return Promise{OK: false, Promised: s.promised, Floor: s.floor}, nil
+	}
+	var rec *acceptorRecord
+	if s.promised.Less(b) {
+		s.promised = b
+		rec = &acceptorRecord{Kind: "p", Promised: b}
+	}
+	p := Promise{OK: true, Promised: b, Floor: s.floor}
+	for slot, sv := range s.accepted {
+		if slot >= from {
+			p.Accepted = append(p.Accepted, sv)
+		}
+	}
+	sort.Slice(p.Accepted, func(i, j int) bool { return p.Accepted[i].Slot < p.Accepted[j].Slot })
+	return p, rec
+}
+
+// accept implements phase 2b: "If an acceptor receives an accept request
+// for a proposal numbered n, it accepts the proposal unless it has already
+// responded to a prepare request having a number greater than n." Slots
+// at or below the floor are already chosen; any proposal for them under a
+// live ballot carries the chosen value, so they are acknowledged without
+// being stored again.
+func (s *acceptorState) accept(b Ballot, vals []SlotValue) (Accepted, *acceptorRecord) {
+	if b.Less(s.promised) {
+		return Accepted{OK: false, Promised: s.promised}, nil
+	}
+	s.promised = b
+	rec := &acceptorRecord{Kind: "a", Promised: b}
+	for _, v := range vals {
+		if v.Slot <= s.floor {
+			continue
+		}
+		sv := SlotValue{Slot: v.Slot, Ballot: b, Value: v.Value}
+		s.accepted[v.Slot] = sv
+		rec.Values = append(rec.Values, sv)
+	}
+	return Accepted{OK: true, Promised: b}, rec
+}
+
+// compact drops the state of every slot <= floor and returns the
+// checkpoint record that restates what is left.
+func (s *acceptorState) compact(floor Slot) *acceptorRecord {
+	if floor > s.floor {
+		s.floor = floor
+	}
+	rec := &acceptorRecord{Kind: "c", Promised: s.promised, Floor: s.floor}
+	for slot, sv := range s.accepted {
+		if slot <= s.floor {
+			delete(s.accepted, slot)
+			continue
+		}
+		rec.Values = append(rec.Values, sv)
+	}
+	sort.Slice(rec.Values, func(i, j int) bool { return rec.Values[i].Slot < rec.Values[j].Slot })
+	return rec
+}
+
+// replay applies a journal record at start.
+func (s *acceptorState) replay(r acceptorRecord) {
+	if r.Kind == "c" {
+		s.floor = r.Floor
+		s.accepted = make(map[Slot]SlotValue, len(r.Values))
+	}
+	if s.promised.Less(r.Promised) {
+		s.promised = r.Promised
+	}
+	for _, sv := range r.Values {
+		if sv.Slot > s.floor {
+			s.accepted[sv.Slot] = sv
+		}
+	}
+}
+
+// Acceptor is the durable acceptor: acceptorState behind a mutex, with a
+// journal under it. Safe for concurrent use.
+type Acceptor struct {
+	journal *journal
+
+	mu         sync.Mutex // protects state and sinceCheck
+	state      *acceptorState
+	sinceCheck int // records written since the last checkpoint
+}
+
+func openAcceptor(dir string, onSync func(time.Duration)) (*Acceptor, error) {
+	j, err := openJournal(dir, journalOptions{OnSync: onSync})
+	if err != nil {
+		return nil, err
+	}
+	a := &Acceptor{journal: j, state: newAcceptorState()}
+	first, last := j.Bounds()
+	for i := first; i <= last && last > 0; i++ {
+		p, err := j.Read(i)
+		if err != nil {
+			j.Close()
+			return nil, fmt.Errorf("acceptor: replay record %d: %w", i, err)
+		}
+		var r acceptorRecord
+		if err := json.Unmarshal(p, &r); err != nil {
+			j.Close()
+			return nil, fmt.Errorf("acceptor: replay record %d: %w", i, err)
+		}
+		a.state.replay(r)
+		a.sinceCheck++
+	}
+	return a, nil
+}
+
+func (a *Acceptor) close() error { return a.journal.Close() }
+
+// step runs a transition under the lock, appends its record, and returns
+// the journal position the reply must wait for.
+func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rec := f(a.state)
+	if rec == nil {
+		_, last := a.journal.Bounds()
+		return last, nil
+	}
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("acceptor: encode record: %w", err)
+	}
+	seq, err := a.journal.Append(body)
+	if err != nil {
+		return 0, fmt.Errorf("acceptor: %w", err)
+	}
+	a.sinceCheck++
+	return seq, nil
+}
+
+// Prepare handles phase 1a durably.
+func (a *Acceptor) Prepare(b Ballot, from Slot) (Promise, error) {
+	var p Promise
+	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+		var rec *acceptorRecord
+		p, rec = s.prepare(b, from)
+		return rec
+	})
+	if err == nil {
+		err = a.journal.SyncTo(seq)
+	}
+	if err != nil {
+		return Promise{}, fmt.Errorf("prepare %s: %w", b, err)
+	}
+	return p, nil
+}
+
+// Accept handles phase 2a durably.
+func (a *Acceptor) Accept(b Ballot, vals []SlotValue) (Accepted, error) {
+	var r Accepted
+	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+		var rec *acceptorRecord
+		r, rec = s.accept(b, vals)
+		return rec
+	})
+	if err == nil {
+		err = a.journal.SyncTo(seq)
+	}
+	if err != nil {
+		return Accepted{}, fmt.Errorf("accept %s: %w", b, err)
+	}
+	return r, nil
+}
+
+// Promised returns the highest ballot promised.
+func (a *Acceptor) Promised() Ballot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state.promised
+}
+
+// Floor returns the last slot whose state was dropped as chosen and stored.
+func (a *Acceptor) Floor() Slot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state.floor
+}
+
+// valueExactly returns the value accepted for slot under ballot b exactly.
+// The leader of b proposes one value per slot, so if that leader declares
+// the slot chosen, this is the chosen value (learner invariant L1). A value
+// accepted under any other ballot proves nothing about what was chosen.
+func (a *Acceptor) valueExactly(slot Slot, b Ballot) (Value, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sv, ok := a.state.accepted[slot]
+	if !ok || sv.Ballot != b {
+		return Value{}, false
+	}
+	return sv.Value, true
+}
+
+// compact checkpoints the state above the learner's durable applied slot
+// and drops the journal before the checkpoint (invariant A4).
+func (a *Acceptor) compact(floor Slot) error {
+	a.mu.Lock()
+	rec := a.state.compact(floor)
+	body, err := json.Marshal(rec)
+	if err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("acceptor: encode checkpoint: %w", err)
+	}
+	seq, err := a.journal.Append(body)
+	if err == nil {
+		a.sinceCheck = 0
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("acceptor checkpoint: %w", err)
+	}
+	if err := a.journal.SyncTo(seq); err != nil {
+		return fmt.Errorf("acceptor checkpoint: %w", err)
+	}
+	if err := a.journal.TruncateFront(seq); err != nil {
+		return fmt.Errorf("acceptor checkpoint: %w", err)
+	}
+	return nil
+}
+
+// run returns the acceptor's background loop: it compacts the journal once
+// enough records have built up and the learner has stored more slots.
+func (a *Acceptor) run(n *Node) func(context.Context) {
+	return func(ctx context.Context) {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			a.mu.Lock()
+			due := a.sinceCheck >= n.cfg.CheckpointEvery
+			floor := a.state.floor
+			a.mu.Unlock()
+			if !due {
+				continue
+			}
+			stored, err := n.learner.durableApplied()
+			if err != nil {
+				n.fatal(err)
+				return
+			}
+			if stored <= floor {
+				continue
+			}
+			if err := a.compact(stored); err != nil {
+				n.fatal(err)
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,507 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// cluster_test.go: an in-process cluster whose peer messages pass through
+// a network the test controls, and whose nodes crash and restart on their
+// own data directories. The checks every scenario ends with live here too.
+
+// testSeed returns the seed for a randomised test, from PAXOSLOG_SEED if
+// set, and logs it so a failure can be replayed.
+func testSeed(t *testing.T) int64 {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	if s := os.Getenv("PAXOSLOG_SEED"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("PAXOSLOG_SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (replay: PAXOSLOG_SEED=%d go test -race -run '^%s$' .)", seed, seed, t.Name())
+	return seed
+}
+
+// faults are the network's misbehaviour, all off by default.
+type faults struct {
+	Drop     float64       // chance a request, or its reply, is lost
+	Dup      float64       // chance a request is delivered twice
+	MaxDelay time.Duration // each delivery waits up to this long (reorders)
+}
+
+// sendHook can intercept a message before delivery; returning false drops it.
+type sendHook func(from, to NodeID, method string, body []byte) bool
+
+// memNet delivers peer messages between in-process nodes.
+type memNet struct {
+	mu     sync.Mutex
+	rng    *rand.Rand
+	nodes  map[NodeID]*Node
+	cut    map[[2]NodeID]bool
+	faults faults
+	hook   sendHook
+}
+
+func newMemNet(seed int64) *memNet {
+	return &memNet{rng: rand.New(rand.NewSource(seed)), nodes: map[NodeID]*Node{}, cut: map[[2]NodeID]bool{}}
+}
+
+type memTransport struct {
+	net  *memNet
+	from NodeID
+}
+
+var errUnreachable = errors.New("unreachable")
+
+func (t memTransport) Call(ctx context.Context, to NodeID, method string, body []byte) ([]byte, error) {
+	m := t.net
+	m.mu.Lock()
+	src, dst := m.nodes[t.from], m.nodes[to]
+	blocked := src == nil || dst == nil || m.cut[[2]NodeID{t.from, to}]
+	f, hook := m.faults, m.hook
+	dropReq := f.Drop > 0 && m.rng.Float64() < f.Drop
+	dropResp := f.Drop > 0 && m.rng.Float64() < f.Drop
+	dup := f.Dup > 0 && m.rng.Float64() < f.Dup
+	var delay time.Duration
+	if f.MaxDelay > 0 {
+		delay = time.Duration(m.rng.Int63n(int64(f.MaxDelay)))
+	}
+	m.mu.Unlock()
+	if blocked || dropReq {
+		return nil, errUnreachable
+	}
+	if hook != nil && !hook(t.from, to, method, body) {
+		return nil, errUnreachable
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(delay): // message latency, not synchronisation
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if dup {
+		go dst.Handle(context.Background(), method, body)
+	}
+	out, err := dst.Handle(ctx, method, body)
+	m.mu.Lock()
+	lost := m.cut[[2]NodeID{to, t.from}] || m.nodes[t.from] == nil
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if lost || dropResp {
+		return nil, errUnreachable
+	}
+	return out, nil
+}
+
+func (m *memNet) setFaults(f faults) {
+	m.mu.Lock()
+	m.faults = f
+	m.mu.Unlock()
+}
+
+func (m *memNet) setHook(h sendHook) {
+	m.mu.Lock()
+	m.hook = h
+	m.mu.Unlock()
+}
+
+// partition cuts every link between the groups; nodes in no group keep
+// their links.
+func (m *memNet) partition(groups ...[]NodeID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, a := range groups {
+		for j, b := range groups {
+			if i == j {
+				continue
+			}
+			for _, x := range a {
+				for _, y := range b {
+					m.cut[[2]NodeID{x, y}] = true
+				}
+			}
+		}
+	}
+}
+
+func (m *memNet) heal() {
+	m.mu.Lock()
+	m.cut = map[[2]NodeID]bool{}
+	m.mu.Unlock()
+}
+
+// testNode is a running node of a testCluster.
+type testNode struct {
+	node   *Node
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// testCluster is a cluster in one process.
+type testCluster struct {
+	t       *testing.T
+	net     *memNet
+	members []NodeID
+	dirs    map[NodeID]string
+	seed    int64
+	cfg     Config // template
+
+	mu    sync.Mutex
+	nodes map[NodeID]*testNode
+	acked map[string]Index // data -> index acknowledged to a client
+	boots int
+}
+
+func testConfig() Config {
+	return Config{
+		HeartbeatInterval: 10 * time.Millisecond,
+		ElectionTimeout:   80 * time.Millisecond,
+		RequestTimeout:    3 * time.Second,
+	}
+}
+
+func newTestCluster(t *testing.T, size int, seed int64) *testCluster {
+	t.Helper()
+	return newTestClusterWith(t, size, seed, nil)
+}
+
+// newTestClusterWith is newTestCluster with a change to the nodes' Config.
+func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config)) *testCluster {
+	t.Helper()
+	c := &testCluster{
+		t: t, net: newMemNet(seed), dirs: map[NodeID]string{}, seed: seed, cfg: testConfig(),
+		nodes: map[NodeID]*testNode{}, acked: map[string]Index{},
+	}
+	if tweak != nil {
+		tweak(&c.cfg)
+	}
+	base := t.TempDir()
+	for i := 1; i <= size; i++ {
+		id := NodeID(i)
+		c.members = append(c.members, id)
+		c.dirs[id] = filepath.Join(base, fmt.Sprint(i))
+	}
+	for _, id := range c.members {
+		c.start(id)
+	}
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+// start opens and runs node id on its data directory.
+func (c *testCluster) start(id NodeID) {
+	c.t.Helper()
+	cfg := c.cfg
+	cfg.ID, cfg.Members, cfg.DataDir = id, c.members, c.dirs[id]
+	c.mu.Lock()
+	c.boots++
+	cfg.Seed = c.seed*1000 + int64(c.boots)
+	c.mu.Unlock()
+	n, err := NewNode(cfg, memTransport{net: c.net, from: id})
+	if err != nil {
+		c.t.Fatalf("start node %d: %v", id, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tn := &testNode{node: n, cancel: cancel, done: make(chan error, 1)}
+	c.mu.Lock()
+	c.nodes[id] = tn
+	c.mu.Unlock()
+	c.net.mu.Lock()
+	c.net.nodes[id] = n
+	c.net.mu.Unlock()
+	go func() { tn.done <- n.Run(ctx) }()
+}
+
+// crash kills node id as a power cut would: unsynced writes are lost.
+func (c *testCluster) crash(id NodeID) {
+	c.t.Helper()
+	c.mu.Lock()
+	tn := c.nodes[id]
+	delete(c.nodes, id)
+	c.mu.Unlock()
+	if tn == nil {
+		return
+	}
+	c.net.mu.Lock()
+	delete(c.net.nodes, id)
+	c.net.mu.Unlock()
+	tn.cancel()
+	if err := <-tn.done; err != nil {
+		c.t.Logf("node %d stopped with: %v", id, err)
+	}
+	if err := tn.node.crash(); err != nil {
+		c.t.Fatalf("crash node %d: %v", id, err)
+	}
+}
+
+func (c *testCluster) restart(id NodeID) {
+	c.t.Helper()
+	c.crash(id)
+	c.start(id)
+}
+
+func (c *testCluster) stopAll() {
+	for _, id := range c.members {
+		c.mu.Lock()
+		tn := c.nodes[id]
+		delete(c.nodes, id)
+		c.mu.Unlock()
+		if tn != nil {
+			tn.cancel()
+			<-tn.done
+			tn.node.Close()
+		}
+	}
+}
+
+func (c *testCluster) node(id NodeID) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tn := c.nodes[id]; tn != nil {
+		return tn.node
+	}
+	return nil
+}
+
+func (c *testCluster) live() []NodeID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []NodeID
+	for _, id := range c.members {
+		if c.nodes[id] != nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(2 * time.Millisecond) // polling interval of a condition wait
+	}
+}
+
+// leader waits until the live nodes agree on one leader that leads.
+func (c *testCluster) leader(d time.Duration) NodeID {
+	c.t.Helper()
+	var leader NodeID
+	waitFor(c.t, d, "a leader", func() bool {
+		leader = 0
+		for _, id := range c.live() {
+			n := c.node(id)
+			if n == nil {
+				continue
+			}
+			if _, _, leading := n.proposer.leaderInfo(); leading {
+				leader = id
+			}
+		}
+		return leader != 0
+	})
+	return leader
+}
+
+// appendTo appends data through node id, recording the ack.
+func (c *testCluster) appendTo(ctx context.Context, id NodeID, data string) (Index, error) {
+	n := c.node(id)
+	if n == nil {
+		return 0, errUnreachable
+	}
+	idx, err := n.Append(ctx, []byte(data))
+	if err == nil {
+		c.mu.Lock()
+		if prev, ok := c.acked[data]; ok && prev != idx {
+			c.mu.Unlock()
+			return idx, fmt.Errorf("%s acknowledged twice: at %d and %d", data, prev, idx)
+		}
+		c.acked[data] = idx
+		c.mu.Unlock()
+	}
+	return idx, err
+}
+
+// mustAppend appends through id and fails the test on error.
+func (c *testCluster) mustAppend(id NodeID, data string) Index {
+	c.t.Helper()
+	idx, err := c.appendTo(context.Background(), id, data)
+	if err != nil {
+		c.t.Fatalf("append %s via %d: %v", data, id, err)
+	}
+	return idx
+}
+
+// entry returns the data strings of a node's whole log.
+func logOf(t *testing.T, n *Node) []string {
+	t.Helper()
+	first, last := n.learner.Bounds()
+	var out []string
+	for i := first; i <= last; i++ {
+		e, err := n.learner.Get(i)
+		if err != nil {
+			t.Fatalf("node %d: index %d of %d..%d: %v", n.cfg.ID, i, first, last, err)
+		}
+		out = append(out, string(e.Data))
+	}
+	return out
+}
+
+// check waits for the live nodes to converge, then asserts the log
+// invariants: every node holds the same entry at every index, indices are
+// dense, every acknowledged append is at its index exactly once.
+func (c *testCluster) check() {
+	c.t.Helper()
+	live := c.live()
+	if len(live) == 0 {
+		c.t.Fatal("no live nodes to check")
+	}
+	// Converge: every live node applies up to the highest commit any knows.
+	waitFor(c.t, 20*time.Second, "live nodes to converge", func() bool {
+		var target Slot
+		for _, id := range live {
+			if n := c.node(id); n != nil {
+				target = max(target, n.learner.KnownCommit())
+			}
+		}
+		for _, id := range live {
+			if n := c.node(id); n == nil || n.learner.Applied() < target {
+				return false
+			}
+		}
+		return true
+	})
+	var ref []string
+	var refID NodeID
+	for _, id := range live {
+		l := logOf(c.t, c.node(id))
+		if len(l) > len(ref) {
+			ref, refID = l, id
+		}
+	}
+	for _, id := range live {
+		l := logOf(c.t, c.node(id))
+		for i := range l {
+			if l[i] != ref[i] {
+				c.t.Fatalf("index %d: node %d has %s, node %d has %s", i+1, id, l[i], refID, ref[i])
+			}
+		}
+	}
+	seen := map[string]int{}
+	for i, d := range ref {
+		if j, dup := seen[d]; dup {
+			c.t.Fatalf("%s is in the log twice: at %d and %d", d, j+1, i+1)
+		}
+		seen[d] = i
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for d, idx := range c.acked {
+		if int(idx) > len(ref) || ref[idx-1] != d {
+			got := "nothing"
+			if int(idx) <= len(ref) {
+				got = ref[idx-1]
+			}
+			c.t.Fatalf("acknowledged %s at %d, log (len %d) holds %s there", d, idx, len(ref), got)
+		}
+	}
+	c.t.Logf("checked %d live nodes: %d entries, %d acknowledged appends", len(live), len(ref), len(c.acked))
+}
+
+// load runs clients appending through random live nodes until stop is
+// closed, counting acknowledgements.
+type load struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	acks    int
+	fails   int
+	spans   [][2]time.Time // start and end of each acknowledged append
+}
+
+// firstAckSince returns the end of the earliest-ending acknowledged append
+// that started after t.
+func (l *load) firstAckSince(t time.Time) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var best time.Time
+	for _, s := range l.spans {
+		if s[0].After(t) && (best.IsZero() || s[1].Before(best)) {
+			best = s[1]
+		}
+	}
+	return best, !best.IsZero()
+}
+
+func (c *testCluster) startLoad(clients int) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := 0; w < clients; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			rng := rand.New(rand.NewSource(c.seed + int64(w)))
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				live := c.live()
+				if len(live) == 0 {
+					time.Sleep(time.Millisecond) // nobody to talk to yet
+					continue
+				}
+				id := live[rng.Intn(len(live))]
+				data, _ := json.Marshal(map[string]int{"w": w, "i": i})
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				start := time.Now()
+				_, err := c.appendTo(ctx, id, string(data))
+				cancel()
+				l.mu.Lock()
+				if err == nil {
+					l.acks++
+					l.spans = append(l.spans, [2]time.Time{start, time.Now()})
+				} else {
+					l.fails++
+				}
+				l.mu.Unlock()
+				if err != nil && !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrStopped) &&
+					!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, errUnreachable) {
+					c.t.Errorf("append: %v", err)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) acked() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acks
+}
+
+func (l *load) halt() (acks, fails int) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.acks, l.fails
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tidwall/gjson"
+)
+
+// http.go: the client API under /v1, the peer endpoints under /paxos, and
+// the HTTP Transport.
+
+// maxPeerBody bounds a peer request body.
+const maxPeerBody = 256 << 20
+
+// peerKeyHeader carries the cluster key on peer requests.
+const peerKeyHeader = "Authorization"
+
+// apiError is an error with the HTTP status to answer it with.
+type apiError struct {
+	code int
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, a ...any) error {
+	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, a...)}
+}
+
+// server is the HTTP face of one node.
+type server struct {
+	n   *Node
+	key string
+}
+
+// newHandler builds the echo instance serving n.
+func newHandler(n *Node, clusterKey string) *echo.Echo {
+	s := &server{n: n, key: clusterKey}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+
+	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/v1")
+	v1.POST("/log", s.appendEntry)
+	v1.GET("/log", s.readRange)
+	v1.GET("/log/:index", s.readOne)
+	v1.GET("/status", func(c echo.Context) error { return c.JSON(http.StatusOK, n.Status()) })
+
+	peers := e.Group("/paxos", s.requireKey)
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex} {
+		peers.POST("/"+m, s.peer(m))
+	}
+	return e
+}
+
+// handleError renders every error as {"error": "..."} with its status.
+func (s *server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	code, msg := http.StatusInternalServerError, err.Error()
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+		code = ae.code
+	case errors.As(err, &he):
+		code = he.Code
+		msg = fmt.Sprint(he.Message)
+	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped):
+		code = http.StatusServiceUnavailable
+		c.Response().Header().Set("Retry-After", "1")
+	case errors.Is(err, ErrCompacted):
+		code = http.StatusGone
+	case errors.Is(err, ErrPastEnd):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrUnauthorized):
+		code = http.StatusUnauthorized
+	case errors.Is(err, context.Canceled):
+		code = 499 // client went away; nobody reads this
+	}
+	if c.Request().Method == http.MethodHead {
+		c.NoContent(code)
+		return
+	}
+	c.JSON(code, map[string]string{"error": msg})
+}
+
+// readBody reads at most limit bytes, answering 413 past it.
+func readBody(c echo.Context, limit int) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, int64(limit)+1))
+	if err != nil {
+		return nil, badRequest("reading body: %v", err)
+	}
+	if len(body) > limit {
+		return nil, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body is larger than the limit of %d bytes", limit)}
+	}
+	return body, nil
+}
+
+// appendEntry: POST /v1/log with one JSON value.
+func (s *server) appendEntry(c echo.Context) error {
+	body, err := readBody(c, s.n.cfg.MaxEntryBytes)
+	if err != nil {
+		return err
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return badRequest("body is empty: send exactly one JSON value")
+	}
+	if !gjson.ValidBytes(body) {
+		return badRequest("body is not exactly one valid JSON value")
+	}
+	idx, err := s.n.Append(c.Request().Context(), body)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Location", fmt.Sprintf("/v1/log/%d", idx))
+	return c.JSON(http.StatusCreated, map[string]Index{"index": idx})
+}
+
+// parseIndex parses a positive integer parameter.
+func parseIndex(name, v string) (Index, error) {
+	i, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || i == 0 {
+		return 0, badRequest("%s must be a positive integer, got %q", name, v)
+	}
+	return Index(i), nil
+}
+
+// readOne: GET /v1/log/<i>, from local state.
+func (s *server) readOne(c echo.Context) error {
+	i, err := parseIndex("index", c.Param("index"))
+	if err != nil {
+		return err
+	}
+	e, err := s.n.learner.Get(i)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, e)
+}
+
+// readRange: GET /v1/log?from=F&limit=L[&stale=true]. Linearizable unless
+// stale: the node first confirms it holds every entry chosen before now.
+func (s *server) readRange(c echo.Context) error {
+	const defaultLimit, maxLimit = 100, 1000
+	q := c.QueryParams()
+	stale := false
+	if v := q.Get("stale"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return badRequest("stale must be true or false, got %q", v)
+		}
+		stale = b
+	}
+	limit := defaultLimit
+	if v := q.Get("limit"); v != "" {
+		l, err := strconv.Atoi(v)
+		if err != nil || l < 1 || l > maxLimit {
+			return badRequest("limit must be an integer from 1 to %d, got %q", maxLimit, v)
+		}
+		limit = l
+	}
+	var from Index
+	if v := q.Get("from"); v != "" {
+		f, err := parseIndex("from", v)
+		if err != nil {
+			return err
+		}
+		from = f
+	}
+	if !stale {
+		if err := s.n.ReadBarrier(c.Request().Context()); err != nil {
+			return err
+		}
+	}
+	first, last := s.n.learner.Bounds()
+	if from == 0 {
+		from = first
+	}
+	entries, err := s.n.learner.Range(from, limit)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"entries": entries, "first": first, "last": last})
+}
+
+// requireKey refuses peer requests without the cluster key (401).
+func (s *server) requireKey(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if s.key == "" {
+			return next(c)
+		}
+		got := strings.TrimPrefix(c.Request().Header.Get(peerKeyHeader), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(s.key)) != 1 {
+			return ErrUnauthorized
+		}
+		return next(c)
+	}
+}
+
+// peer serves one Paxos message endpoint.
+func (s *server) peer(method string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		body, err := readBody(c, maxPeerBody)
+		if err != nil {
+			return err
+		}
+		out, err := s.n.Handle(c.Request().Context(), method, body)
+		if err != nil {
+			return err
+		}
+		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out)
+	}
+}
+
+// httpTransport sends peer messages as HTTP POSTs to /paxos/<method>.
+type httpTransport struct {
+	client *http.Client
+	peers  map[NodeID]string // base URL per member
+	key    string
+}
+
+func newHTTPTransport(peers map[NodeID]string, key string) *httpTransport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	tr.MaxIdleConns = 1024
+	tr.IdleConnTimeout = 90 * time.Second
+	return &httpTransport{client: &http.Client{Transport: tr}, peers: peers, key: key}
+}
+
+// Call implements Transport.
+func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body []byte) ([]byte, error) {
+	base, ok := t.peers[to]
+	if !ok {
+		return nil, fmt.Errorf("no address for node %d", to)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/paxos/"+method, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", echo.MIMEApplicationJSON)
+	if t.key != "" {
+		req.Header.Set(peerKeyHeader, "Bearer "+t.key)
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerBody))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg := gjson.GetBytes(out, "error").String()
+		if msg == "" {
+			msg = strings.TrimSpace(string(out))
+		}
+		return nil, fmt.Errorf("peer %d answered %d: %s", to, resp.StatusCode, msg)
+	}
+	return out, nil
+}

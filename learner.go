@@ -1,0 +1,539 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// learner.go: the learner role. It turns chosen slots into the client log.
+//
+// Index map: the learner's journal record number IS the client index.
+// Record i holds the entry at index i plus the slot it came from and its
+// position in that slot's batch. Slots are applied strictly in order;
+// applied is the last slot applied. A slot <= applied with no record was
+// a no-op (or held only duplicates).
+//
+// Invariants:
+//   - L1: every node applies the same value to each slot (values come from
+//     a chosen fact: the leader's own quorum, a local acceptance under the
+//     very ballot whose leader declared the slot chosen, or a peer's log).
+//   - L2: the index assignment is a pure function of the chosen sequence
+//     (dedup looks only at the previous dedupWindow indices), so every node
+//     holds the same entry at every index.
+//   - L3: records for a slot are written in one batch; a batch cut short by
+//     a crash is dropped whole on open and re-learned.
+
+// dedupWindow is how many of the latest indices are searched for an
+// entry's id before it is given a new index. Entries are only resent
+// within RequestTimeout, far fewer appends than this at any rate reached.
+const dedupWindow = 1 << 18
+
+// catchupBatch is the most entries one catch-up reply carries.
+const catchupBatch = 1024
+
+// learnerRecord is one journal record of the client log.
+type learnerRecord struct {
+	Slot Slot            `json:"s"`
+	Pos  int             `json:"p"`
+	N    int             `json:"n"`
+	ID   EntryID         `json:"id"`
+	Data json.RawMessage `json:"d"`
+}
+
+// LogEntry is an entry as clients see it.
+type LogEntry struct {
+	Index Index           `json:"index"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// Learner owns the client log. Safe for concurrent use.
+type Learner struct {
+	n       *Node
+	journal *journal
+
+	mu          sync.Mutex // protects the fields below
+	first, last Index      // retained indices; empty when first == last+1
+	applied     Slot
+	pending     map[Slot]Value // chosen, waiting for the slots before them
+	knownCommit Slot           // highest slot known chosen
+	commitFrom  NodeID         // who said so: the peer to catch up from
+	ids         map[EntryID]Index
+	ring        []EntryID // ring[i%dedupWindow] = id at index i
+	waiters     map[EntryID]chan Index
+	notify      chan struct{} // closed and replaced on every apply
+
+	kick chan struct{} // wakes the catch-up loop
+}
+
+func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*Learner, error) {
+	j, err := openJournal(dir, journalOptions{OnSync: onSync})
+	if err != nil {
+		return nil, err
+	}
+	l := &Learner{
+		n: n, journal: j,
+		pending: make(map[Slot]Value),
+		ids:     make(map[EntryID]Index),
+		ring:    make([]EntryID, dedupWindow),
+		waiters: make(map[EntryID]chan Index),
+		notify:  make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+	}
+	if err := l.load(floor); err != nil {
+		j.Close()
+		return nil, fmt.Errorf("learner: %w", err)
+	}
+	return l, nil
+}
+
+// load rebuilds the learner's memory from its journal (L3 repair first).
+func (l *Learner) load(floor Slot) error {
+	first, last := l.journal.Bounds()
+	if last >= first {
+		rec, err := l.record(Index(last))
+		if err != nil {
+			return err
+		}
+		if rec.Pos+1 < rec.N {
+			// The batch of rec.Slot was cut short: drop its records.
+			keep := last - uint64(rec.Pos) - 1
+			if err := l.journal.TruncateBack(keep); err != nil {
+				return err
+			}
+			last = keep
+		}
+	}
+	l.first, l.last = Index(first), Index(last)
+	if last >= first {
+		rec, err := l.record(Index(last))
+		if err != nil {
+			return err
+		}
+		l.applied = rec.Slot
+	}
+	l.applied = max(l.applied, floor)
+	l.knownCommit = l.applied
+	start := l.first
+	if l.last >= dedupWindow && l.last-dedupWindow+1 > start {
+		start = l.last - dedupWindow + 1
+	}
+	for i := start; i <= l.last && l.last > 0; i++ {
+		rec, err := l.record(i)
+		if err != nil {
+			return err
+		}
+		l.remember(i, rec.ID)
+	}
+	return nil
+}
+
+func (l *Learner) close() error { return l.journal.Close() }
+
+func (l *Learner) record(i Index) (learnerRecord, error) {
+	var r learnerRecord
+	p, err := l.journal.Read(uint64(i))
+	if err != nil {
+		return r, fmt.Errorf("read index %d: %w", i, err)
+	}
+	if err := json.Unmarshal(p, &r); err != nil {
+		return r, fmt.Errorf("decode index %d: %w", i, err)
+	}
+	return r, nil
+}
+
+func (l *Learner) remember(i Index, id EntryID) {
+	if i > dedupWindow {
+		old := l.ring[i%dedupWindow]
+		if l.ids[old] == i-dedupWindow {
+			delete(l.ids, old)
+		}
+	}
+	l.ring[i%dedupWindow] = id
+	l.ids[id] = i
+}
+
+// chosen hands the learner a chosen slot. Slots may arrive in any order
+// and more than once; they are applied in slot order.
+func (l *Learner) chosen(vals ...SlotValue) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, sv := range vals {
+		if sv.Slot > l.applied {
+			l.pending[sv.Slot] = sv.Value
+		}
+		if sv.Slot > l.knownCommit {
+			l.knownCommit = sv.Slot
+		}
+	}
+	l.drainLocked(Ballot{})
+}
+
+// drainLocked applies every slot it can, in order: pending ones, and, for
+// slots <= knownCommit declared chosen by the leader of ballot b, values
+// this node's acceptor accepted under exactly b (the only values of b's
+// leader for those slots, hence the chosen ones).
+func (l *Learner) drainLocked(b Ballot) {
+	for {
+		next := l.applied + 1
+		v, ok := l.pending[next]
+		if !ok && !b.IsZero() && next <= l.knownCommit {
+			v, ok = l.n.acceptor.valueExactly(next, b)
+		}
+		if !ok {
+			break
+		}
+		delete(l.pending, next)
+		if err := l.applyLocked(next, v); err != nil {
+			l.n.fatal(err)
+			return
+		}
+	}
+	if l.applied < l.knownCommit {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// applyLocked appends slot's entries to the client log (L2, L3).
+func (l *Learner) applyLocked(slot Slot, v Value) error {
+	type placed struct {
+		id  EntryID
+		idx Index
+	}
+	var fresh []Entry
+	seen := make(map[EntryID]bool, len(v.Entries))
+	for _, e := range v.Entries {
+		if _, dup := l.ids[e.ID]; dup || seen[e.ID] {
+			continue
+		}
+		seen[e.ID] = true
+		fresh = append(fresh, e)
+	}
+	if len(fresh) > 0 {
+		payloads := make([][]byte, len(fresh))
+		for i, e := range fresh {
+			p, err := json.Marshal(learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Data: e.Data})
+			if err != nil {
+				return fmt.Errorf("apply slot %d: encode: %w", slot, err)
+			}
+			payloads[i] = p
+		}
+		lastRec, err := l.journal.Append(payloads...)
+		if err != nil {
+			return fmt.Errorf("apply slot %d: %w", slot, err)
+		}
+		if Index(lastRec) != l.last+Index(len(fresh)) {
+			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
+		}
+		for _, e := range fresh {
+			l.last++
+			l.remember(l.last, e.ID)
+		}
+	}
+	l.applied = slot
+	if slot > l.knownCommit {
+		l.knownCommit = slot
+	}
+	for _, e := range v.Entries {
+		if ch, ok := l.waiters[e.ID]; ok {
+			ch <- l.ids[e.ID]
+			delete(l.waiters, e.ID)
+		}
+	}
+	l.n.metrics.lastIndex.Set(float64(l.last))
+	close(l.notify)
+	l.notify = make(chan struct{})
+	return nil
+}
+
+// noteCommit records that every slot <= commit is chosen, as the leader of
+// ballot b says, and applies what it can now.
+func (l *Learner) noteCommit(b Ballot, commit Slot, from NodeID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if commit > l.knownCommit {
+		l.knownCommit = commit
+		l.commitFrom = from
+	} else if commit == l.knownCommit && l.commitFrom == 0 {
+		l.commitFrom = from
+	}
+	if commit <= l.applied {
+		return
+	}
+	l.drainLocked(b)
+}
+
+// await registers interest in an entry id; the channel gets its index once
+// applied.
+func (l *Learner) await(id EntryID) <-chan Index {
+	ch := make(chan Index, 1)
+	l.mu.Lock()
+	l.waiters[id] = ch
+	l.mu.Unlock()
+	return ch
+}
+
+func (l *Learner) unawait(id EntryID) {
+	l.mu.Lock()
+	delete(l.waiters, id)
+	l.mu.Unlock()
+}
+
+// isApplied reports whether an entry id is in the recent log.
+func (l *Learner) isApplied(id EntryID) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.ids[id]
+	return ok
+}
+
+// Applied returns the last applied slot.
+func (l *Learner) Applied() Slot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.applied
+}
+
+// KnownCommit returns the highest slot known to be chosen.
+func (l *Learner) KnownCommit() Slot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.knownCommit
+}
+
+// Bounds returns the first retained and the last index.
+func (l *Learner) Bounds() (first, last Index) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.first, l.last
+}
+
+// Notify returns a channel closed at the next apply.
+func (l *Learner) Notify() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.notify
+}
+
+// Get returns the entry at index i.
+func (l *Learner) Get(i Index) (LogEntry, error) {
+	first, last := l.Bounds()
+	if i < first {
+		return LogEntry{}, ErrCompacted
+	}
+	if i > last {
+		return LogEntry{}, ErrPastEnd
+	}
+	rec, err := l.record(i)
+	if err != nil {
+		return LogEntry{}, err
+	}
+	return LogEntry{Index: i, Data: rec.Data}, nil
+}
+
+// Range returns up to limit entries from index from on.
+func (l *Learner) Range(from Index, limit int) ([]LogEntry, error) {
+	first, last := l.Bounds()
+	if from < first {
+		return nil, ErrCompacted
+	}
+	out := []LogEntry{}
+	for i := from; i <= last && len(out) < limit; i++ {
+		e, err := l.Get(i)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// durableApplied syncs the client log and returns a slot s such that every
+// slot <= s is chosen and stored on disk here.
+func (l *Learner) durableApplied() (Slot, error) {
+	l.mu.Lock()
+	applied := l.applied
+	l.mu.Unlock()
+	if err := l.journal.Sync(); err != nil {
+		return 0, fmt.Errorf("learner: %w", err)
+	}
+	return applied, nil
+}
+
+// slotOf returns the slot of the entry at index i.
+func (l *Learner) slotOf(i Index) (Slot, error) {
+	rec, err := l.record(i)
+	return rec.Slot, err
+}
+
+// readChosen serves catch-up: chosen values for slots from `from` on, at
+// most about max entries, whole slots only.
+func (l *Learner) readChosen(from Slot, max int) (CatchupResp, error) {
+	if max <= 0 || max > catchupBatch {
+		max = catchupBatch
+	}
+	l.mu.Lock()
+	applied, first, last := l.applied, l.first, l.last
+	l.mu.Unlock()
+	resp := CatchupResp{Through: from - 1}
+	if from > applied {
+		return resp, nil
+	}
+	// Binary search for the first index whose slot >= from.
+	lo, hi := first, last+1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		s, err := l.slotOf(mid)
+		if err != nil {
+			return resp, err
+		}
+		if s < from {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo == first && first > 1 {
+		if s, err := l.slotOf(first); err == nil && s > from {
+			// Entries between from and the retained prefix are gone.
+			return resp, ErrCompacted
+		}
+	}
+	count := 0
+	for i := lo; i <= last; i++ {
+		rec, err := l.record(i)
+		if err != nil {
+			return resp, err
+		}
+		if rec.Slot > applied {
+			break
+		}
+		n := len(resp.Values)
+		if n == 0 || resp.Values[n-1].Slot != rec.Slot {
+			if count >= max {
+				resp.Through = rec.Slot - 1
+				return resp, nil
+			}
+			resp.Values = append(resp.Values, SlotValue{Slot: rec.Slot})
+			n++
+		}
+		resp.Values[n-1].Value.Entries = append(resp.Values[n-1].Value.Entries, Entry{ID: rec.ID, Data: rec.Data})
+		count++
+	}
+	resp.Through = applied
+	return resp, nil
+}
+
+// waitApplied returns once slot is applied here, catching up from peer.
+func (l *Learner) waitApplied(ctx context.Context, slot Slot, peer NodeID) error {
+	l.mu.Lock()
+	if slot > l.knownCommit {
+		l.knownCommit = slot
+		l.commitFrom = peer
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+	l.mu.Unlock()
+	for {
+		l.mu.Lock()
+		done, ch := l.applied >= slot, l.notify
+		l.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return l.n.waitErr(ctx)
+		case <-l.n.stopped:
+			return ErrStopped
+		}
+	}
+}
+
+// run is the learner's loop: catch up whenever a chosen slot is known that
+// cannot be applied from local state, and sync the client log now and then
+// so a restart has less to re-learn.
+func (l *Learner) run(ctx context.Context) {
+	sync := time.NewTicker(200 * time.Millisecond)
+	defer sync.Stop()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sync.C:
+			if err := l.journal.Sync(); err != nil {
+				l.n.fatal(fmt.Errorf("learner: %w", err))
+				return
+			}
+			continue
+		case <-l.kick:
+		case <-retry.C:
+		}
+		if err := l.catchUp(ctx); err != nil && ctx.Err() == nil {
+			l.n.log.Debug("catch-up failed", "err", err)
+			retry.Reset(l.n.cfg.HeartbeatInterval)
+		}
+	}
+}
+
+// errNoProgress: the peer had nothing newer than we do.
+var errNoProgress = errors.New("catch-up made no progress")
+
+// catchUp pulls chosen values from the peer that announced them until
+// applied reaches knownCommit.
+func (l *Learner) catchUp(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		from, target, peer := l.applied+1, l.knownCommit, l.commitFrom
+		l.mu.Unlock()
+		if from > target {
+			return nil
+		}
+		if peer == 0 || peer == l.n.cfg.ID {
+			peer = l.n.proposer.anyPeer()
+		}
+		if peer == 0 {
+			return errNoProgress
+		}
+		cctx, cancel := context.WithTimeout(ctx, l.n.cfg.RequestTimeout)
+		var resp CatchupResp
+		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Max: catchupBatch}, &resp)
+		cancel()
+		if err != nil {
+			l.mu.Lock()
+			if l.commitFrom == peer {
+				l.commitFrom = 0 // try someone else next time
+			}
+			l.mu.Unlock()
+			return err
+		}
+		if resp.Through < from {
+			l.mu.Lock()
+			if l.commitFrom == peer {
+				l.commitFrom = 0
+			}
+			l.mu.Unlock()
+			return errNoProgress
+		}
+		byslot := make(map[Slot]Value, len(resp.Values))
+		for _, sv := range resp.Values {
+			byslot[sv.Slot] = sv.Value
+		}
+		vals := make([]SlotValue, 0, resp.Through-from+1)
+		for s := from; s <= resp.Through; s++ {
+			vals = append(vals, SlotValue{Slot: s, Value: byslot[s]})
+		}
+		l.chosen(vals...)
+	}
+}

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oklog/run"
+)
+
+func main() {
+	os.Exit(Main(context.Background(), os.Args[1:], os.Stderr))
+}
+
+// usageError is a bad flag: one line on stderr, exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// options are the parsed command line.
+type options struct {
+	node       Config
+	listen     string
+	peers      map[NodeID]string
+	clusterKey string
+	logLevel   slog.Level
+}
+
+// Main runs paxoslog with args and returns the process's exit status.
+func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	opts, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "paxoslog: %v\n", err)
+		return 2
+	}
+	if err := serve(ctx, opts, stderr); err != nil {
+		fmt.Fprintf(stderr, "paxoslog: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// parseFlags turns the command line into options, checking everything
+// that can be checked before starting.
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("paxoslog", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	id := fs.Uint("id", 1, "this node's id, a positive integer, unique in the cluster")
+	listen := fs.String("listen", "127.0.0.1:7070", "host:port that serves clients and peers")
+	peers := fs.String("peers", "", "every member, this node included: 1=http://host:port,2=http://... (default: this node alone)")
+	data := fs.String("data", "", "where this node keeps its state (default ./paxoslog-data/<id>)")
+	key := fs.String("cluster-key", os.Getenv("PAXOSLOG_CLUSTER_KEY"), "shared secret peers present to each other (env PAXOSLOG_CLUSTER_KEY)")
+	maxEntry := fs.Int("max-entry-bytes", 1<<20, "largest accepted append body in bytes")
+	heartbeat := fs.Duration("heartbeat", 50*time.Millisecond, "leader heartbeat interval")
+	election := fs.Duration("election-timeout", 500*time.Millisecond, "silence before a follower campaigns (randomised up to twice this)")
+	reqTimeout := fs.Duration("request-timeout", 5*time.Second, "how long an append or read waits for a majority before 503")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, usagef("%v (see --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if *id == 0 || *id > 1<<31 {
+		return nil, usagef("--id must be a positive integer, got %d", *id)
+	}
+	o := &options{listen: *listen, clusterKey: *key}
+	o.node = Config{
+		ID: NodeID(*id), DataDir: *data, MaxEntryBytes: *maxEntry,
+		HeartbeatInterval: *heartbeat, ElectionTimeout: *election, RequestTimeout: *reqTimeout,
+	}
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
+		return nil, usagef("--listen must be host:port, got %q", *listen)
+	}
+	if *maxEntry < 1 {
+		return nil, usagef("--max-entry-bytes must be positive, got %d", *maxEntry)
+	}
+	if *heartbeat <= 0 || *election <= *heartbeat || *reqTimeout <= 0 {
+		return nil, usagef("need 0 < --heartbeat < --election-timeout and a positive --request-timeout")
+	}
+	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return nil, usagef("--log-level must be debug, info, warn or error, got %q", *logLevel)
+	}
+	if *peers == "" {
+		o.peers = map[NodeID]string{o.node.ID: "http://" + *listen}
+	} else {
+		p, err := parsePeers(*peers)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := p[o.node.ID]; !ok {
+			return nil, usagef("--peers does not list this node's own id %d", o.node.ID)
+		}
+		o.peers = p
+	}
+	for id := range o.peers {
+		o.node.Members = append(o.node.Members, id)
+	}
+	sort.Slice(o.node.Members, func(i, j int) bool { return o.node.Members[i] < o.node.Members[j] })
+	if o.node.DataDir == "" {
+		o.node.DataDir = filepath.Join("paxoslog-data", strconv.Itoa(int(o.node.ID)))
+	}
+	if err := checkDataDir(o.node.DataDir); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// parsePeers parses "1=http://host:port,2=http://...".
+func parsePeers(s string) (map[NodeID]string, error) {
+	out := make(map[NodeID]string)
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, usagef("--peers entry %q is not id=url", part)
+		}
+		id, err := strconv.ParseUint(strings.TrimSpace(k), 10, 31)
+		if err != nil || id == 0 {
+			return nil, usagef("--peers entry %q: the id must be a positive integer", part)
+		}
+		u, err := url.Parse(strings.TrimSpace(v))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usagef("--peers entry %q: the url must look like http://host:port", part)
+		}
+		if _, dup := out[NodeID(id)]; dup {
+			return nil, usagef("--peers lists id %d twice", id)
+		}
+		out[NodeID(id)] = strings.TrimRight(u.String(), "/")
+	}
+	return out, nil
+}
+
+// checkDataDir makes sure the data directory exists and is writable.
+func checkDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return usagef("--data %s: cannot create it: %v", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return usagef("--data %s: not writable: %v", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	os.Remove(name)
+	if _, err := os.ReadDir(dir); err != nil {
+		return usagef("--data %s: not readable: %v", dir, err)
+	}
+	return nil
+}
+
+// serve runs the node, its HTTP server and the signal handler in one
+// oklog/run group until one of them ends.
+func serve(ctx context.Context, o *options, stderr io.Writer) error {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	o.node.Logger = logger
+	node, err := NewNode(o.node, newHTTPTransport(o.peers, o.clusterKey))
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{Handler: newHandler(node, o.clusterKey), ReadHeaderTimeout: 10 * time.Second}
+	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "members", len(o.peers), "data", o.node.DataDir)
+
+	var g run.Group
+	{
+		g.Add(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("http: %w", err)
+			}
+			return nil
+		}, func(error) {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+			srv.Close()
+		})
+	}
+	{
+		nctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			if err := node.Run(nctx); err != nil {
+				return fmt.Errorf("node stopped: %w", err)
+			}
+			return nil
+		}, func(error) { cancel() })
+	}
+	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("shutting down", "reason", err.Error())
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are one node's Prometheus series, on a registry of its own so
+// that several nodes can live in one process (the tests do).
+type metrics struct {
+	reg           *prometheus.Registry
+	appendLatency prometheus.Histogram
+	appendErrors  prometheus.Counter
+	fsync         prometheus.Histogram
+	lastIndex     prometheus.Gauge
+	isLeader      prometheus.Gauge
+	leader        prometheus.Gauge
+	leaderChanges prometheus.Counter
+	peerErrors    *prometheus.CounterVec
+}
+
+func newMetrics(n *Node) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		appendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "paxoslog_append_duration_seconds",
+			Help:    "Time from an append's arrival to its acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+		}),
+		appendErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paxoslog_append_failures_total",
+			Help: "Appends that ended without an index (timeout or shutdown).",
+		}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "paxoslog_fsync_duration_seconds",
+			Help:    "Duration of each fsync of the acceptor or learner journal.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}),
+		lastIndex: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "paxoslog_last_index",
+			Help: "Index of the last entry applied on this node.",
+		}),
+		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "paxoslog_is_leader",
+			Help: "1 while this node leads, else 0.",
+		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "paxoslog_leader_id",
+			Help: "Id of the node this node believes leads; 0 while unknown.",
+		}),
+		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paxoslog_leader_changes_total",
+			Help: "Leaderships this node has seen begin.",
+		}),
+		peerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "paxoslog_peer_request_errors_total",
+			Help: "Peer requests that failed, by peer and method.",
+		}, []string{"peer", "method"}),
+	}
+	m.reg.MustRegister(m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
+		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,634 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// paxos.go holds what the roles share: ballots, slots and indices, the
+// messages, the Transport, and the Node that wires one acceptor, one
+// proposer and one learner together.
+//
+// Vocabulary (one word per concept, as in the paper):
+//   - Slot: one Paxos instance; slots 1, 2, 3, … are decided in order of use.
+//   - Value: what a slot decides: a batch of client entries, or a no-op (no
+//     entries). A value is Chosen once a majority of acceptors accepted it
+//     under one ballot.
+//   - Index: the client-visible position of an entry: dense, from 1, no
+//     holes. Chosen slots are applied in slot order; each entry of a slot's
+//     value takes the next index; a no-op takes a slot and no index.
+
+// NodeID identifies a member of the cluster; ids are positive.
+type NodeID uint32
+
+// Slot numbers a Paxos instance.
+type Slot uint64
+
+// Index numbers an entry of the client log.
+type Index uint64
+
+// Ballot is a proposal number N.ID: ordered by Round, then by Node, so two
+// proposers never share one. The zero Ballot is below every real one.
+type Ballot struct {
+	Round uint64 `json:"r"`
+	Node  NodeID `json:"n"`
+}
+
+// Less reports whether b orders before o.
+func (b Ballot) Less(o Ballot) bool {
+	if b.Round != o.Round {
+		return b.Round < o.Round
+	}
+	return b.Node < o.Node
+}
+
+// IsZero reports whether b is the zero ballot.
+func (b Ballot) IsZero() bool { return b == Ballot{} }
+
+func (b Ballot) String() string { return fmt.Sprintf("%d.%d", b.Round, b.Node) }
+
+// EntryID names one client append for deduplication: the node that took it
+// plus random bits. The learner applies an entry whose id was applied within
+// the last dedupWindow indices as a duplicate (it gets no new index), which
+// makes it safe for nodes to resend pending entries after a leader change.
+type EntryID [16]byte
+
+func (id EntryID) String() string { return hex.EncodeToString(id[:]) }
+
+// MarshalText encodes the id as hex.
+func (id EntryID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes a hex id.
+func (id *EntryID) UnmarshalText(b []byte) error {
+	if hex.DecodedLen(len(b)) != len(id) {
+		return fmt.Errorf("entry id: want %d hex digits, got %d", 2*len(id), len(b))
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
+
+func newEntryID(node NodeID) EntryID {
+	var id EntryID
+	binary.BigEndian.PutUint32(id[:4], uint32(node))
+	if _, err := rand.Read(id[4:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on supported platforms
+	}
+	return id
+}
+
+// Entry is one client append: an id for deduplication and the JSON value,
+// carried as raw bytes end to end.
+type Entry struct {
+	ID   EntryID         `json:"id"`
+	Data json.RawMessage `json:"d"`
+}
+
+// Value is what one slot decides. No entries means a no-op.
+type Value struct {
+	Entries []Entry `json:"e,omitempty"`
+}
+
+// IsNoop reports whether v fills a slot without producing an index.
+func (v Value) IsNoop() bool { return len(v.Entries) == 0 }
+
+// SlotValue is a value for a slot, with the ballot it was accepted at where
+// that matters.
+type SlotValue struct {
+	Slot   Slot   `json:"s"`
+	Ballot Ballot `json:"b"`
+	Value  Value  `json:"v"`
+}
+
+// The peer messages. Each has its own /paxos/<method> endpoint; the reply
+// types are the responses of those calls.
+const (
+	methodPrepare   = "prepare"
+	methodAccept    = "accept"
+	methodLearn     = "learn"
+	methodCatchup   = "catchup"
+	methodForward   = "forward"
+	methodReadIndex = "readindex"
+)
+
+// PrepareReq is phase 1a for every slot from From on.
+type PrepareReq struct {
+	From   NodeID `json:"from"`
+	Ballot Ballot `json:"b"`
+	Slot   Slot   `json:"slot"`
+}
+
+func (m PrepareReq) String() string {
+	return fmt.Sprintf("prepare{%s from %d slot>=%d}", m.Ballot, m.From, m.Slot)
+}
+
+// Promise is phase 1b. OK means the acceptor promised Ballot; Promised is
+// its promise after the call either way. Accepted lists every (ballot,
+// value) it accepted for a slot >= the prepare's slot. Floor is the last
+// slot whose acceptor state was dropped because it is chosen and stored:
+// the proposer must learn slots up to Floor before it leads.
+type Promise struct {
+	OK       bool        `json:"ok"`
+	Promised Ballot      `json:"promised"`
+	Floor    Slot        `json:"floor"`
+	Accepted []SlotValue `json:"accepted,omitempty"`
+}
+
+func (m Promise) String() string {
+	return fmt.Sprintf("promise{ok=%v %s floor=%d accepted=%d}", m.OK, m.Promised, m.Floor, len(m.Accepted))
+}
+
+// AcceptReq is phase 2a for one or more slots, all under Ballot. Commit
+// piggybacks the leader's knowledge: every slot <= Commit is chosen.
+type AcceptReq struct {
+	From   NodeID      `json:"from"`
+	Ballot Ballot      `json:"b"`
+	Values []SlotValue `json:"values"`
+	Commit Slot        `json:"commit"`
+}
+
+func (m AcceptReq) String() string {
+	return fmt.Sprintf("accept{%s from %d slots=%d commit=%d}", m.Ballot, m.From, len(m.Values), m.Commit)
+}
+
+// Accepted is phase 2b. OK means every slot of the request was accepted
+// and synced.
+type Accepted struct {
+	OK       bool   `json:"ok"`
+	Promised Ballot `json:"promised"`
+}
+
+func (m Accepted) String() string { return fmt.Sprintf("accepted{ok=%v %s}", m.OK, m.Promised) }
+
+// LearnReq tells a peer that every slot <= Commit is chosen. It doubles as
+// the leader's heartbeat.
+type LearnReq struct {
+	From   NodeID `json:"from"`
+	Ballot Ballot `json:"b"`
+	Commit Slot   `json:"commit"`
+}
+
+func (m LearnReq) String() string {
+	return fmt.Sprintf("learn{%s from %d commit=%d}", m.Ballot, m.From, m.Commit)
+}
+
+// LearnResp: OK means the peer has promised nothing above the sender's
+// ballot, which is what a leader needs to confirm it still leads.
+type LearnResp struct {
+	OK       bool   `json:"ok"`
+	Promised Ballot `json:"promised"`
+	Applied  Slot   `json:"applied"`
+}
+
+// CatchupReq asks for the chosen values of slots From, From+1, ….
+type CatchupReq struct {
+	From NodeID `json:"from"`
+	Slot Slot   `json:"slot"`
+	Max  int    `json:"max"`
+}
+
+// CatchupResp carries chosen values for slots in [req.Slot, Through]; a
+// slot in that range that is not listed was a no-op.
+type CatchupResp struct {
+	Values  []SlotValue `json:"values,omitempty"`
+	Through Slot        `json:"through"`
+}
+
+// ForwardReq hands client entries taken by a follower to the leader.
+type ForwardReq struct {
+	From    NodeID  `json:"from"`
+	Entries []Entry `json:"entries"`
+}
+
+// ForwardResp: OK means the leader queued the entries. Otherwise Leader is
+// the sender's best guess of who leads (0 if unknown).
+type ForwardResp struct {
+	OK     bool   `json:"ok"`
+	Leader NodeID `json:"leader"`
+}
+
+// ReadIndexReq asks the leader for a slot that covers every value chosen
+// before the request arrived.
+type ReadIndexReq struct {
+	From NodeID `json:"from"`
+}
+
+// ReadIndexResp: every value chosen before the request is in a slot <= Slot.
+type ReadIndexResp struct {
+	OK     bool   `json:"ok"`
+	Slot   Slot   `json:"slot"`
+	Leader NodeID `json:"leader"`
+}
+
+// Transport carries a request from one node to another and returns the
+// reply. Implementations: the HTTP transport (http.go) and the tests' fault
+// injecting in-memory network. A nil error means the peer handled the
+// request and body is its reply.
+type Transport interface {
+	Call(ctx context.Context, to NodeID, method string, body []byte) ([]byte, error)
+}
+
+// Sentinel errors. Each says what the caller may assume.
+var (
+	// ErrNoQuorum: no majority answered in time. The outcome of an append
+	// is unknown: it may still be chosen later.
+	ErrNoQuorum = errors.New("no majority answered in time")
+	// ErrStopped: the node is shutting down; nothing more will be done.
+	ErrStopped = errors.New("node is shutting down")
+	// ErrNotLeader: the request needs the leader and this node is not it.
+	ErrNotLeader = errors.New("not the leader")
+	// ErrCompacted: the index is below the first retained one.
+	ErrCompacted = errors.New("index is below the first retained index")
+	// ErrPastEnd: the index is past the end of the log.
+	ErrPastEnd = errors.New("index is past the end of the log")
+	// ErrUnauthorized: a peer request without the cluster key.
+	ErrUnauthorized = errors.New("missing or wrong cluster key")
+)
+
+// quorum counts acknowledgements by sender, so a duplicated reply counts once.
+type quorum struct {
+	need int
+	acks map[NodeID]bool
+}
+
+func newQuorum(members int) *quorum {
+	return &quorum{need: members/2 + 1, acks: make(map[NodeID]bool, members)}
+}
+
+// Add records an ack from id and reports whether a majority has acked.
+func (q *quorum) Add(id NodeID) bool {
+	q.acks[id] = true
+	return len(q.acks) >= q.need
+}
+
+// Reached reports whether a majority has acked.
+func (q *quorum) Reached() bool { return len(q.acks) >= q.need }
+
+// Config is what a Node needs to run.
+type Config struct {
+	ID            NodeID
+	Members       []NodeID // every member, this node included
+	DataDir       string
+	MaxEntryBytes int
+
+	HeartbeatInterval time.Duration // leader's learn/heartbeat period
+	ElectionTimeout   time.Duration // silence before a follower campaigns; randomised in [T, 2T)
+	RequestTimeout    time.Duration // how long an append or read waits for a majority
+	MaxBatch          int           // entries per slot at most
+	MaxInflight       int           // slots in phase 2 at once
+	CheckpointEvery   int           // acceptor records between journal compactions
+
+	Logger *slog.Logger
+	// Seed seeds the node's election jitter; 0 picks one at random.
+	Seed int64
+}
+
+func (c *Config) setDefaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 50 * time.Millisecond
+	}
+	if c.ElectionTimeout <= 0 {
+		c.ElectionTimeout = 500 * time.Millisecond
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 16
+	}
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 4096
+	}
+	if c.MaxEntryBytes <= 0 {
+		c.MaxEntryBytes = 1 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(c.Members) == 0 {
+		c.Members = []NodeID{c.ID}
+	}
+}
+
+// Node is one member: an acceptor, a proposer and a learner over one data
+// directory. Its methods are safe for concurrent use.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	transport Transport
+	metrics   *metrics
+
+	acceptor *Acceptor
+	learner  *Learner
+	proposer *Proposer
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed when the node stops taking work
+	fatalMu  sync.Mutex
+	fatalErr error
+	fatalCh  chan struct{} // closed on the first fatal error
+}
+
+// NewNode opens the node's state under cfg.DataDir. It does not start any
+// goroutine; Run does.
+func NewNode(cfg Config, tr Transport) (*Node, error) {
+	cfg.setDefaults()
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.ID),
+		transport: tr,
+		stopped:   make(chan struct{}),
+		fatalCh:   make(chan struct{}),
+	}
+	n.metrics = newMetrics(n)
+	onSync := func(d time.Duration) { n.metrics.fsync.Observe(d.Seconds()) }
+	acc, err := openAcceptor(filepath.Join(cfg.DataDir, "acceptor"), onSync)
+	if err != nil {
+		return nil, err
+	}
+	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), acc.Floor(), onSync)
+	if err != nil {
+		acc.close()
+		return nil, err
+	}
+	n.acceptor, n.learner = acc, lrn
+	n.proposer = newProposer(n)
+	return n, nil
+}
+
+// quorumSize is the number of nodes that make a majority.
+func (n *Node) quorumSize() int { return len(n.cfg.Members)/2 + 1 }
+
+// Run runs the node's loops until ctx ends or a fatal error, then stops the
+// node. It returns the fatal error, if any.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n)}
+	for _, f := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(ctx)
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case <-n.fatalCh:
+	}
+	n.stop()
+	cancel()
+	wg.Wait()
+	return n.Fatal()
+}
+
+// stop makes every blocked caller return ErrStopped.
+func (n *Node) stop() {
+	n.stopOnce.Do(func() { close(n.stopped) })
+}
+
+// Close releases the node's files. Call it after Run has returned.
+func (n *Node) Close() error {
+	n.stop()
+	return errors.Join(n.learner.close(), n.acceptor.close())
+}
+
+// crash drops every write that was not synced and releases the files, as
+// a power loss would. For tests, after Run has returned.
+func (n *Node) crash() error {
+	n.stop()
+	return errors.Join(n.learner.journal.crash(), n.acceptor.journal.crash())
+}
+
+// fatal records a storage error: the node stops, a restart recovers.
+func (n *Node) fatal(err error) {
+	n.fatalMu.Lock()
+	defer n.fatalMu.Unlock()
+	if n.fatalErr == nil {
+		n.fatalErr = err
+		n.log.Error("stopping after storage error", "err", err)
+		close(n.fatalCh)
+	}
+}
+
+// Fatal returns the error that stopped the node, if any.
+func (n *Node) Fatal() error {
+	n.fatalMu.Lock()
+	defer n.fatalMu.Unlock()
+	return n.fatalErr
+}
+
+// call sends a request to a member and decodes its reply. Calls to this
+// node itself skip the transport.
+func (n *Node) call(ctx context.Context, to NodeID, method string, req, resp any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("%s to %d: encode: %w", method, to, err)
+	}
+	var out []byte
+	if to == n.cfg.ID {
+		out, err = n.Handle(ctx, method, body)
+	} else {
+		out, err = n.transport.Call(ctx, to, method, body)
+	}
+	if err != nil {
+		n.metrics.peerErrors.WithLabelValues(fmt.Sprint(to), method).Inc()
+		return fmt.Errorf("%s to %d: %w", method, to, err)
+	}
+	if err := json.Unmarshal(out, resp); err != nil {
+		return fmt.Errorf("%s to %d: decode reply: %w", method, to, err)
+	}
+	return nil
+}
+
+// Handle serves one peer request; it is what every /paxos/<method>
+// endpoint and the in-memory transport call.
+func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, error) {
+	select {
+	case <-n.stopped:
+		return nil, ErrStopped
+	default:
+	}
+	var resp any
+	var err error
+	switch method {
+	case methodPrepare:
+		var req PrepareReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp, err = n.onPrepare(req)
+		}
+	case methodAccept:
+		var req AcceptReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp, err = n.onAccept(req)
+		}
+	case methodLearn:
+		var req LearnReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.onLearn(req)
+		}
+	case methodCatchup:
+		var req CatchupReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp, err = n.learner.readChosen(req.Slot, req.Max)
+		}
+	case methodForward:
+		var req ForwardReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.proposer.onForward(req)
+		}
+	case methodReadIndex:
+		var req ReadIndexReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp, err = n.proposer.readIndex(ctx)
+		}
+	default:
+		return nil, fmt.Errorf("unknown peer method %q", method)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(resp)
+}
+
+func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
+	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
+	if err != nil {
+		n.fatal(err)
+		return Promise{}, err
+	}
+	if p.OK {
+		n.proposer.promisedTo(req.Ballot)
+	} else {
+		n.proposer.observe(req.Ballot)
+	}
+	return p, nil
+}
+
+func (n *Node) onAccept(req AcceptReq) (Accepted, error) {
+	a, err := n.acceptor.Accept(req.Ballot, req.Values)
+	if err != nil {
+		n.fatal(err)
+		return Accepted{}, err
+	}
+	if a.OK {
+		n.proposer.heardFrom(req.Ballot)
+		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
+	}
+	return a, nil
+}
+
+func (n *Node) onLearn(req LearnReq) LearnResp {
+	promised := n.acceptor.Promised()
+	ok := !req.Ballot.Less(promised)
+	if ok {
+		n.proposer.heardFrom(req.Ballot)
+	}
+	// Chosen is chosen whatever the ballot: always take the commit.
+	n.learner.noteCommit(req.Ballot, req.Commit, req.From)
+	return LearnResp{OK: ok, Promised: promised, Applied: n.learner.Applied()}
+}
+
+// Append submits data as one entry and waits until it is chosen and
+// applied on this node, returning its index.
+func (n *Node) Append(ctx context.Context, data []byte) (Index, error) {
+	start := time.Now()
+	e := Entry{ID: newEntryID(n.cfg.ID), Data: json.RawMessage(data)}
+	ch := n.learner.await(e.ID)
+	defer n.learner.unawait(e.ID)
+	n.proposer.submit(e)
+	defer n.proposer.forget(e.ID)
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	select {
+	case idx := <-ch:
+		n.metrics.appendLatency.Observe(time.Since(start).Seconds())
+		return idx, nil
+	case <-ctx.Done():
+		n.metrics.appendErrors.Inc()
+		if errors.Is(context.Cause(ctx), context.Canceled) {
+			return 0, ctx.Err()
+		}
+		return 0, ErrNoQuorum
+	case <-n.stopped:
+		return 0, ErrStopped
+	}
+}
+
+// ReadBarrier returns once this node has applied every value chosen before
+// the call: the leader names a slot that covers them after confirming with
+// a majority that it still leads, and this node catches up to it.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	for {
+		slot, leader, err := n.proposer.readIndexAnywhere(ctx)
+		if err == nil {
+			return n.learner.waitApplied(ctx, slot, leader)
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrStopped) {
+			return n.waitErr(ctx)
+		}
+		// No leader yet, or it changed under us: wait a beat and ask again.
+		select {
+		case <-time.After(n.cfg.HeartbeatInterval):
+		case <-ctx.Done():
+			return n.waitErr(ctx)
+		case <-n.stopped:
+			return ErrStopped
+		}
+	}
+}
+
+// waitErr maps the end of a wait to the error the caller reports.
+func (n *Node) waitErr(ctx context.Context) error {
+	select {
+	case <-n.stopped:
+		return ErrStopped
+	default:
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ErrNoQuorum
+	}
+	return ctx.Err()
+}
+
+// Status is a snapshot for /v1/status.
+type Status struct {
+	ID        NodeID   `json:"id"`
+	Leader    NodeID   `json:"leader"`
+	Ballot    string   `json:"ballot"`
+	IsLeader  bool     `json:"is_leader"`
+	First     Index    `json:"first"`
+	Last      Index    `json:"last"`
+	Applied   Slot     `json:"applied_slot"`
+	Commit    Slot     `json:"known_commit_slot"`
+	Members   []NodeID `json:"members"`
+	DiskBytes int64    `json:"disk_bytes"`
+}
+
+// Status reports what this node knows now.
+func (n *Node) Status() Status {
+	leader, ballot, isLeader := n.proposer.leaderInfo()
+	first, last := n.learner.Bounds()
+	members := append([]NodeID(nil), n.cfg.Members...)
+	sort.Slice(members, func(i, j int) bool { return members[i] < members[j] })
+	return Status{
+		ID: n.cfg.ID, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
+		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
+		Members: members, DiskBytes: dirSize(n.cfg.DataDir),
+	}
+}

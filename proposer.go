@@ -1,0 +1,730 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"sync"
+	"time"
+)
+
+// proposer.go: ballots, both phases, and leadership.
+//
+// One node leads at a time. A would-be leader picks a ballot above every
+// round it has seen and runs phase 1 once for every slot from the first
+// one it has not applied (prepare → promise from a majority). It learns
+// every slot up to the highest promise floor, re-proposes the highest
+// ballot's value for each slot that any promise reports and fills the
+// other slots up to the highest reported one with no-ops, then runs phase
+// 2 per slot for new client entries, never repeating phase 1 while it
+// leads. Followers that hear nothing from a leader for a randomised
+// election timeout campaign; a refused prepare or accept raises the
+// proposer's round, and a leader that sees a higher ballot, or fails to
+// hear from a majority for two election timeouts, steps down.
+//
+// Invariants:
+//   - P1: under one ballot each slot gets at most one value (nextSlot only
+//     grows; recovery assigns each recovered slot once).
+//   - P2: a leader proposes in slot s >= start only the value phase 1
+//     reported with the highest ballot, or a no-op if none: Paxos's rule,
+//     which keeps any value already chosen in s.
+//   - P3: slots < start are applied before leadership begins, including
+//     every slot <= the highest promise floor (acceptor invariant A4), so
+//     no promise majority lacks a slot that might be chosen.
+
+// proposal is one slot in phase 2 under the current ballot.
+type proposal struct {
+	value  Value
+	acks   *quorum
+	sent   time.Time
+	chosen bool
+}
+
+// leaderState exists only while this node leads; it is dropped on
+// stepping down and a new one is made for each ballot won. Guarded by
+// Proposer.mu.
+type leaderState struct {
+	ballot    Ballot
+	start     Slot // first slot this ballot decided (P3)
+	nextSlot  Slot // next slot for new values (P1)
+	commit    Slot // every slot <= commit is chosen
+	recoverTo Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
+	inflight  map[Slot]*proposal
+	queue     []Entry
+	queued    map[EntryID]bool
+	contact   map[NodeID]time.Time // last OK heartbeat reply per peer
+	since     time.Time            // when leadership began
+	commitCh  chan struct{}        // closed and replaced when commit advances
+	done      chan struct{}        // closed when this leadership ends
+}
+
+// pendingEntry is an append taken by this node, not yet applied here.
+type pendingEntry struct {
+	entry    Entry
+	deadline time.Time
+	sentTo   Ballot // leadership it was handed to (zero: not handed yet)
+	sending  bool
+}
+
+// Proposer is this node's proposer. Safe for concurrent use.
+type Proposer struct {
+	n    *Node
+	kick chan struct{}
+
+	mu               sync.Mutex // protects the fields below
+	rng              *rand.Rand
+	ctx              context.Context // the run loop's, for leader goroutines
+	maxRound         uint64
+	leader           NodeID
+	leaderBallot     Ballot
+	electionDeadline time.Time
+	ls               *leaderState
+	pending          map[EntryID]*pendingEntry
+}
+
+func newProposer(n *Node) *Proposer {
+	seed := n.cfg.Seed
+	if seed == 0 {
+		seed = time.Now().UnixNano() + int64(n.cfg.ID)
+	}
+	p := &Proposer{
+		n:       n,
+		kick:    make(chan struct{}, 1),
+		rng:     rand.New(rand.NewSource(seed)),
+		pending: make(map[EntryID]*pendingEntry),
+		ctx:     context.Background(),
+	}
+	p.maxRound = n.acceptor.Promised().Round
+	p.resetElectionLocked()
+	if len(n.cfg.Members) == 1 {
+		p.electionDeadline = time.Time{} // alone: lead at once
+	}
+	return p
+}
+
+func (p *Proposer) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// resetElectionLocked pushes the election deadline a random [T, 2T) ahead.
+func (p *Proposer) resetElectionLocked() {
+	t := p.n.cfg.ElectionTimeout
+	p.electionDeadline = time.Now().Add(t + time.Duration(p.rng.Int63n(int64(t))))
+}
+
+// run is the proposer's loop.
+func (p *Proposer) run(ctx context.Context) {
+	p.mu.Lock()
+	p.ctx = ctx
+	p.mu.Unlock()
+	tick := time.NewTicker(p.n.cfg.HeartbeatInterval / 2)
+	defer tick.Stop()
+	defer p.stepDown("shutting down")
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			p.tick(ctx)
+		case <-p.kick:
+		}
+		p.flush(ctx)
+	}
+}
+
+// tick does the periodic work: campaign when the leader is silent, step
+// down when a majority is out of reach, retransmit stale accepts, and
+// expire pending entries.
+func (p *Proposer) tick(ctx context.Context) {
+	now := time.Now()
+	p.mu.Lock()
+	for id, pe := range p.pending {
+		if now.After(pe.deadline) {
+			delete(p.pending, id)
+		}
+	}
+	ls := p.ls
+	if ls == nil {
+		due := now.After(p.electionDeadline)
+		p.mu.Unlock()
+		if due {
+			p.campaign(ctx)
+		}
+		return
+	}
+	if !p.hasQuorumContactLocked(ls, now) {
+		p.stepDownLocked("no majority heard from in two election timeouts")
+		p.mu.Unlock()
+		return
+	}
+	var stale []SlotValue
+	for s, prop := range ls.inflight {
+		if !prop.chosen && now.Sub(prop.sent) > p.n.cfg.ElectionTimeout/2 {
+			prop.sent = now
+			stale = append(stale, SlotValue{Slot: s, Value: prop.value})
+		}
+	}
+	commit := ls.commit
+	p.mu.Unlock()
+	if len(stale) > 0 {
+		p.sendAccept(ls, stale, commit)
+	}
+}
+
+func (p *Proposer) hasQuorumContactLocked(ls *leaderState, now time.Time) bool {
+	window := 2 * p.n.cfg.ElectionTimeout
+	if now.Sub(ls.since) < window {
+		return true
+	}
+	count := 1 // self
+	for id, t := range ls.contact {
+		if id != p.n.cfg.ID && now.Sub(t) < window {
+			count++
+		}
+	}
+	return count >= p.n.quorumSize()
+}
+
+// flush moves work along: the leader proposes queued entries in new
+// slots; every node hands its pending entries to the current leader.
+func (p *Proposer) flush(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ls := p.ls; ls != nil {
+		var fresh []Entry
+		for _, pe := range p.pending {
+			if pe.sentTo != ls.ballot {
+				pe.sentTo = ls.ballot
+				fresh = append(fresh, pe.entry)
+			}
+		}
+		ls.enqueue(fresh)
+		p.proposeQueuedLocked(ls)
+		return
+	}
+	if p.leader == 0 || p.leader == p.n.cfg.ID {
+		return
+	}
+	var batch []*pendingEntry
+	for _, pe := range p.pending {
+		if pe.sentTo != p.leaderBallot && !pe.sending {
+			pe.sending = true
+			batch = append(batch, pe)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	to, b := p.leader, p.leaderBallot
+	go p.forward(ctx, to, b, batch)
+}
+
+// forward hands entries to the leader of ballot b.
+func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pendingEntry) {
+	req := ForwardReq{From: p.n.cfg.ID, Entries: make([]Entry, len(batch))}
+	for i, pe := range batch {
+		req.Entries[i] = pe.entry
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+	defer cancel()
+	var resp ForwardResp
+	err := p.n.call(cctx, to, methodForward, req, &resp)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pe := range batch {
+		pe.sending = false
+		if err == nil && resp.OK {
+			pe.sentTo = b
+		}
+	}
+	if err != nil || !resp.OK {
+		if err == nil && resp.Leader != 0 && resp.Leader != to && p.leader == to {
+			p.leader = 0 // it says it no longer leads; wait for the next heartbeat
+		}
+		return
+	}
+}
+
+// onForward queues entries a follower took, if this node leads.
+func (p *Proposer) onForward(req ForwardReq) ForwardResp {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ls == nil {
+		return ForwardResp{OK: false, Leader: p.leader}
+	}
+	p.ls.enqueue(req.Entries)
+	p.wake()
+	return ForwardResp{OK: true, Leader: p.n.cfg.ID}
+}
+
+func (ls *leaderState) enqueue(entries []Entry) {
+	for _, e := range entries {
+		if !ls.queued[e.ID] {
+			ls.queued[e.ID] = true
+			ls.queue = append(ls.queue, e)
+		}
+	}
+}
+
+// submit takes a client entry; the learner tells the caller when it is in.
+func (p *Proposer) submit(e Entry) {
+	p.mu.Lock()
+	p.pending[e.ID] = &pendingEntry{entry: e, deadline: time.Now().Add(p.n.cfg.RequestTimeout)}
+	p.mu.Unlock()
+	p.wake()
+}
+
+// forget stops resending an entry: its append has returned, with an
+// index or with an unknown outcome.
+func (p *Proposer) forget(id EntryID) {
+	p.mu.Lock()
+	delete(p.pending, id)
+	p.mu.Unlock()
+}
+
+// proposeQueuedLocked starts phase 2 for queued entries, a batch per
+// slot, while fewer than MaxInflight slots are undecided.
+func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
+	var vals []SlotValue
+	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight {
+		k := min(len(ls.queue), p.n.cfg.MaxBatch)
+		v := Value{Entries: append([]Entry(nil), ls.queue[:k]...)}
+		ls.queue = ls.queue[k:]
+		vals = append(vals, p.newProposalLocked(ls, ls.nextSlot, v))
+		ls.nextSlot++
+	}
+	if len(ls.queue) == 0 {
+		ls.queue = nil
+	}
+	if len(vals) > 0 {
+		go p.sendAccept(ls, vals, ls.commit)
+	}
+}
+
+func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue {
+	ls.inflight[s] = &proposal{value: v, acks: newQuorum(len(p.n.cfg.Members)), sent: time.Now()}
+	return SlotValue{Slot: s, Value: v}
+}
+
+// sendAccept sends phase 2a for vals to every member that has not yet
+// accepted them, each in its own goroutine.
+func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
+	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
+	p.mu.Lock()
+	ctx := p.ctx
+	p.mu.Unlock()
+	for _, to := range p.n.cfg.Members {
+		go func() {
+			cctx, cancel := context.WithTimeout(ctx, p.n.cfg.RequestTimeout)
+			defer cancel()
+			var resp Accepted
+			if err := p.n.call(cctx, to, methodAccept, req, &resp); err != nil {
+				return // retransmitted by tick while undecided
+			}
+			p.onAccepted(ls, to, vals, resp)
+		}()
+	}
+}
+
+// onAccepted counts a phase 2b reply. A slot is chosen once a majority of
+// acceptors accepted it under this ballot; chosen slots are handed to the
+// learner in order.
+func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, resp Accepted) {
+	p.mu.Lock()
+	if p.ls != ls {
+		p.mu.Unlock()
+		return
+	}
+	if !resp.OK {
+		p.observeLocked(resp.Promised)
+		if ls.ballot.Less(resp.Promised) {
+			p.stepDownLocked(fmt.Sprintf("accept refused: %d promised %s", from, resp.Promised))
+		}
+		p.mu.Unlock()
+		return
+	}
+	ls.contact[from] = time.Now()
+	for _, sv := range vals {
+		if prop := ls.inflight[sv.Slot]; prop != nil && !prop.chosen && prop.acks.Add(from) {
+			prop.chosen = true
+		}
+	}
+	var newly []SlotValue
+	for {
+		prop := ls.inflight[ls.commit+1]
+		if prop == nil || !prop.chosen {
+			break
+		}
+		ls.commit++
+		delete(ls.inflight, ls.commit)
+		for _, e := range prop.value.Entries {
+			delete(ls.queued, e.ID)
+		}
+		newly = append(newly, SlotValue{Slot: ls.commit, Value: prop.value})
+	}
+	if len(newly) > 0 {
+		close(ls.commitCh)
+		ls.commitCh = make(chan struct{})
+	}
+	p.mu.Unlock()
+	if len(newly) > 0 {
+		p.n.learner.chosen(newly...)
+		p.wake()
+	}
+}
+
+// observe raises the round this proposer will outbid next time.
+func (p *Proposer) observe(b Ballot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.observeLocked(b)
+}
+
+func (p *Proposer) observeLocked(b Ballot) {
+	if b.Round > p.maxRound {
+		p.maxRound = b.Round
+	}
+}
+
+// promisedTo is called when this node's acceptor promised b: a leader with
+// a lower ballot can no longer get its accepts through here, so it steps
+// down rather than fight.
+func (p *Proposer) promisedTo(b Ballot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.observeLocked(b)
+	if p.ls != nil && p.ls.ballot.Less(b) {
+		p.stepDownLocked(fmt.Sprintf("promised higher ballot %s", b))
+	}
+	if b.Node != p.n.cfg.ID {
+		p.resetElectionLocked() // a campaign is under way: give it time
+	}
+}
+
+// heardFrom records a message from the leader of ballot b.
+func (p *Proposer) heardFrom(b Ballot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.observeLocked(b)
+	if b.Node == p.n.cfg.ID {
+		return
+	}
+	if p.ls != nil {
+		if !p.ls.ballot.Less(b) {
+			return
+		}
+		p.stepDownLocked(fmt.Sprintf("heard from leader %s", b))
+	}
+	if p.leaderBallot.Less(b) || p.leader == 0 {
+		if p.leaderBallot != b {
+			p.n.log.Info("new leader", "leader", b.Node, "ballot", b.String())
+			p.n.metrics.leaderChanges.Inc()
+		}
+		p.leader, p.leaderBallot = b.Node, b
+		p.n.metrics.leader.Set(float64(b.Node))
+		p.wake() // resend pending entries to it
+	}
+	if b == p.leaderBallot {
+		p.resetElectionLocked()
+	}
+}
+
+func (p *Proposer) stepDown(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stepDownLocked(reason)
+}
+
+// stepDownLocked drops leader state. Entries queued or in flight are not
+// lost to their clients: the node that took each one still holds it as
+// pending and resends it to the next leader (deduplicated by id).
+func (p *Proposer) stepDownLocked(reason string) {
+	ls := p.ls
+	if ls == nil {
+		return
+	}
+	p.n.log.Info("stepping down", "ballot", ls.ballot.String(), "reason", reason)
+	p.ls = nil
+	close(ls.done)
+	p.leader = 0
+	p.n.metrics.isLeader.Set(0)
+	p.n.metrics.leader.Set(0)
+	p.resetElectionLocked()
+}
+
+// campaign runs phase 1 for a new ballot and, if a majority promises,
+// takes over as leader.
+func (p *Proposer) campaign(ctx context.Context) {
+	p.mu.Lock()
+	p.maxRound++
+	b := Ballot{Round: p.maxRound, Node: p.n.cfg.ID}
+	p.resetElectionLocked()
+	p.mu.Unlock()
+
+	from := p.n.learner.Applied() + 1
+	p.n.log.Debug("campaigning", "ballot", b.String(), "from", from)
+	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+	defer cancel()
+	promises, ok := p.gatherPromises(cctx, b, from)
+	if !ok {
+		return
+	}
+	// P3: learn everything some promiser has compacted before leading.
+	var need Slot
+	var needFrom NodeID
+	for id, pr := range promises {
+		if pr.Floor > need {
+			need, needFrom = pr.Floor, id
+		}
+	}
+	if need >= from {
+		if err := p.n.learner.waitApplied(cctx, need, needFrom); err != nil {
+			p.n.log.Debug("campaign: catch-up failed", "ballot", b.String(), "err", err)
+			return
+		}
+	}
+	start := p.n.learner.Applied() + 1
+	best := make(map[Slot]SlotValue)
+	recoverTo := start - 1
+	for _, pr := range promises {
+		for _, sv := range pr.Accepted {
+			if sv.Slot < start {
+				continue
+			}
+			if cur, ok := best[sv.Slot]; !ok || cur.Ballot.Less(sv.Ballot) {
+				best[sv.Slot] = sv
+			}
+			recoverTo = max(recoverTo, sv.Slot)
+		}
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.maxRound != b.Round || p.ls != nil || ctx.Err() != nil {
+		return // outbid while campaigning
+	}
+	ls := &leaderState{
+		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
+		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
+		contact: make(map[NodeID]time.Time), since: time.Now(),
+		commitCh: make(chan struct{}), done: make(chan struct{}),
+	}
+	p.ls = ls
+	p.leader, p.leaderBallot = p.n.cfg.ID, b
+	p.n.metrics.isLeader.Set(1)
+	p.n.metrics.leader.Set(float64(p.n.cfg.ID))
+	p.n.metrics.leaderChanges.Inc()
+	p.n.log.Info("leading", "ballot", b.String(), "start", start, "recover_to", recoverTo)
+	var vals []SlotValue
+	for s := start; s <= recoverTo; s++ {
+		vals = append(vals, p.newProposalLocked(ls, s, best[s].Value)) // P2: no-op if none
+	}
+	if len(vals) > 0 {
+		go p.sendAccept(ls, vals, ls.commit)
+	}
+	for _, id := range p.n.cfg.Members {
+		if id != p.n.cfg.ID {
+			go p.heartbeat(ctx, ls, id)
+		}
+	}
+	p.wake()
+}
+
+// gatherPromises sends prepare to every member and waits for a majority of
+// promises (ok) or a refusal, a minority's silence, or ctx's end (not ok).
+func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot) (map[NodeID]Promise, bool) {
+	type reply struct {
+		from NodeID
+		pr   Promise
+		err  error
+	}
+	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from}
+	// Our own acceptor promises first, durably: a restarted node starts
+	// its rounds above its own promise, so it never reuses a ballot (P1).
+	var own Promise
+	if err := p.n.call(ctx, p.n.cfg.ID, methodPrepare, req, &own); err != nil || !own.OK {
+		return nil, false
+	}
+	replies := make(chan reply, len(p.n.cfg.Members))
+	for _, to := range p.n.cfg.Members {
+		if to == p.n.cfg.ID {
+			replies <- reply{to, own, nil}
+			continue
+		}
+		go func() {
+			var pr Promise
+			err := p.n.call(ctx, to, methodPrepare, req, &pr)
+			replies <- reply{to, pr, err}
+		}()
+	}
+	promises := make(map[NodeID]Promise)
+	q := newQuorum(len(p.n.cfg.Members))
+	for range p.n.cfg.Members {
+		var r reply
+		select {
+		case r = <-replies:
+		case <-ctx.Done():
+			return nil, false
+		}
+		if r.err != nil {
+			continue
+		}
+		if !r.pr.OK {
+			p.observe(r.pr.Promised)
+			p.n.log.Debug("prepare refused", "ballot", b.String(), "by", r.from, "promised", r.pr.Promised.String())
+			return nil, false
+		}
+		promises[r.from] = r.pr
+		if q.Add(r.from) {
+			return promises, true
+		}
+	}
+	return nil, false
+}
+
+// heartbeat sends learn messages to one peer while ls leads: at every
+// commit advance and every heartbeat interval.
+func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
+	t := time.NewTicker(p.n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		p.mu.Lock()
+		commit, ch := ls.commit, ls.commitCh
+		p.mu.Unlock()
+		cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+		var resp LearnResp
+		err := p.n.call(cctx, to, methodLearn, LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}, &resp)
+		cancel()
+		if err == nil {
+			p.mu.Lock()
+			if p.ls == ls {
+				if resp.OK {
+					ls.contact[to] = time.Now()
+				} else if ls.ballot.Less(resp.Promised) {
+					p.observeLocked(resp.Promised)
+					p.stepDownLocked(fmt.Sprintf("peer %d promised %s", to, resp.Promised))
+				}
+			}
+			p.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ls.done:
+			return
+		case <-ch:
+		case <-t.C:
+		}
+	}
+}
+
+// readIndex, on the leader, returns a slot covering every value chosen
+// before the call: the leader waits until it has decided every slot it
+// recovered in phase 1, takes its commit, then confirms with a majority
+// that none has promised a higher ballot (so no later ballot can have
+// chosen anything it does not know).
+func (p *Proposer) readIndex(ctx context.Context) (ReadIndexResp, error) {
+	p.mu.Lock()
+	ls := p.ls
+	if ls == nil {
+		defer p.mu.Unlock()
+		return ReadIndexResp{OK: false, Leader: p.leader}, nil
+	}
+	for ls.commit < ls.recoverTo {
+		ch := ls.commitCh
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ls.done:
+			return ReadIndexResp{OK: false}, nil
+		case <-ctx.Done():
+			return ReadIndexResp{}, ctx.Err()
+		}
+		p.mu.Lock()
+	}
+	slot := ls.commit
+	p.mu.Unlock()
+
+	replies := make(chan bool, len(p.n.cfg.Members))
+	req := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: slot}
+	for _, to := range p.n.cfg.Members {
+		go func() {
+			var resp LearnResp
+			err := p.n.call(ctx, to, methodLearn, req, &resp)
+			replies <- err == nil && resp.OK
+		}()
+	}
+	oks := 0
+	for range p.n.cfg.Members {
+		select {
+		case ok := <-replies:
+			if ok {
+				oks++
+			}
+		case <-ctx.Done():
+			return ReadIndexResp{}, ctx.Err()
+		}
+		if oks >= p.n.quorumSize() {
+			return ReadIndexResp{OK: true, Slot: slot, Leader: p.n.cfg.ID}, nil
+		}
+	}
+	return ReadIndexResp{OK: false}, nil
+}
+
+// readIndexAnywhere gets a read index from the leader, wherever it is.
+func (p *Proposer) readIndexAnywhere(ctx context.Context) (Slot, NodeID, error) {
+	p.mu.Lock()
+	leader, leading := p.leader, p.ls != nil
+	p.mu.Unlock()
+	var resp ReadIndexResp
+	switch {
+	case leading:
+		r, err := p.readIndex(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		resp = r
+	case leader != 0:
+		cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+		err := p.n.call(cctx, leader, methodReadIndex, ReadIndexReq{From: p.n.cfg.ID}, &resp)
+		cancel()
+		if err != nil {
+			return 0, 0, err
+		}
+	default:
+		return 0, 0, ErrNotLeader
+	}
+	if !resp.OK {
+		return 0, 0, ErrNotLeader
+	}
+	return resp.Slot, resp.Leader, nil
+}
+
+// leaderInfo reports who leads as far as this node knows.
+func (p *Proposer) leaderInfo() (NodeID, Ballot, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.leader, p.leaderBallot, p.ls != nil
+}
+
+// anyPeer returns the leader if it is another node, else some other member.
+func (p *Proposer) anyPeer() NodeID {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.leader != 0 && p.leader != p.n.cfg.ID {
+		return p.leader
+	}
+	var others []NodeID
+	for _, id := range p.n.cfg.Members {
+		if id != p.n.cfg.ID {
+			others = append(others, id)
+		}
+	}
+	if len(others) == 0 {
+		return 0
+	}
+	return others[p.rng.Intn(len(others))]
+}
