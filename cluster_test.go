@@ -291,7 +291,7 @@ func (c *testCluster) live() []NodeID {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -430,12 +430,12 @@ func (c *testCluster) check() {
 // load runs clients appending through random live nodes until stop is
 // closed, counting acknowledgements.
 type load struct {
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	acks    int
-	fails   int
-	spans   [][2]time.Time // start and end of each acknowledged append
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	acks  int
+	fails int
+	spans [][2]time.Time // start and end of each acknowledged append
 }
 
 // firstAckSince returns the end of the earliest-ending acknowledged append

@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -35,19 +36,63 @@ const dedupWindow = 1 << 18
 // catchupBatch is the most entries one catch-up reply carries.
 const catchupBatch = 1024
 
-// learnerRecord is one journal record of the client log.
+// learnerRecord is one journal record of the client log, stored as
+//
+//	uvarint(slot) uvarint(pos) uvarint(n) id[16] data...
+//
+// where pos is the entry's place among the n entries its slot added.
 type learnerRecord struct {
-	Slot Slot            `json:"s"`
-	Pos  int             `json:"p"`
-	N    int             `json:"n"`
-	ID   EntryID         `json:"id"`
-	Data json.RawMessage `json:"d"`
+	Slot Slot
+	Pos  int
+	N    int
+	ID   EntryID
+	Data []byte
 }
 
-// LogEntry is an entry as clients see it.
+func (r learnerRecord) encode() []byte {
+	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(r.ID)+len(r.Data))
+	b = binary.AppendUvarint(b, uint64(r.Slot))
+	b = binary.AppendUvarint(b, uint64(r.Pos))
+	b = binary.AppendUvarint(b, uint64(r.N))
+	b = append(b, r.ID[:]...)
+	return append(b, r.Data...)
+}
+
+var errBadRecord = errors.New("malformed client log record")
+
+func decodeLearnerRecord(b []byte) (learnerRecord, error) {
+	var r learnerRecord
+	var vals [3]uint64
+	for i := range vals {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return r, errBadRecord
+		}
+		vals[i], b = v, b[n:]
+	}
+	if len(b) < len(r.ID) || vals[1] >= vals[2] {
+		return r, errBadRecord
+	}
+	r.Slot, r.Pos, r.N = Slot(vals[0]), int(vals[1]), int(vals[2])
+	copy(r.ID[:], b)
+	r.Data = b[len(r.ID):]
+	return r, nil
+}
+
+// LogEntry is an entry as clients see it. Data is the JSON value exactly
+// as appended.
 type LogEntry struct {
-	Index Index           `json:"index"`
-	Data  json.RawMessage `json:"data"`
+	Index Index
+	Data  []byte
+}
+
+// appendJSON writes e as {"index":i,"data":<value>}, the value verbatim.
+func (e LogEntry) appendJSON(b []byte) []byte {
+	b = append(b, `{"index":`...)
+	b = strconv.AppendUint(b, uint64(e.Index), 10)
+	b = append(b, `,"data":`...)
+	b = append(b, e.Data...)
+	return append(b, '}')
 }
 
 // Learner owns the client log. Safe for concurrent use.
@@ -134,12 +179,12 @@ func (l *Learner) load(floor Slot) error {
 func (l *Learner) close() error { return l.journal.Close() }
 
 func (l *Learner) record(i Index) (learnerRecord, error) {
-	var r learnerRecord
 	p, err := l.journal.Read(uint64(i))
 	if err != nil {
-		return r, fmt.Errorf("read index %d: %w", i, err)
+		return learnerRecord{}, fmt.Errorf("read index %d: %w", i, err)
 	}
-	if err := json.Unmarshal(p, &r); err != nil {
+	r, err := decodeLearnerRecord(p)
+	if err != nil {
 		return r, fmt.Errorf("decode index %d: %w", i, err)
 	}
 	return r, nil
@@ -169,18 +214,19 @@ func (l *Learner) chosen(vals ...SlotValue) {
 			l.knownCommit = sv.Slot
 		}
 	}
-	l.drainLocked(Ballot{})
+	l.drainLocked(Ballot{}, 0)
 }
 
 // drainLocked applies every slot it can, in order: pending ones, and, for
-// slots <= knownCommit declared chosen by the leader of ballot b, values
-// this node's acceptor accepted under exactly b (the only values of b's
-// leader for those slots, hence the chosen ones).
-func (l *Learner) drainLocked(b Ballot) {
+// slots <= commit that the leader of ballot b declared chosen, values this
+// node's acceptor accepted under exactly b (the only values of b's leader
+// for those slots, hence the chosen ones). Only b's own commit counts: a
+// higher commit heard from another leader says nothing about b's values.
+func (l *Learner) drainLocked(b Ballot, commit Slot) {
 	for {
 		next := l.applied + 1
 		v, ok := l.pending[next]
-		if !ok && !b.IsZero() && next <= l.knownCommit {
+		if !ok && !b.IsZero() && next <= commit {
 			v, ok = l.n.acceptor.valueExactly(next, b)
 		}
 		if !ok {
@@ -218,11 +264,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	if len(fresh) > 0 {
 		payloads := make([][]byte, len(fresh))
 		for i, e := range fresh {
-			p, err := json.Marshal(learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Data: e.Data})
-			if err != nil {
-				return fmt.Errorf("apply slot %d: encode: %w", slot, err)
-			}
-			payloads[i] = p
+			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Data: e.Data}.encode()
 		}
 		lastRec, err := l.journal.Append(payloads...)
 		if err != nil {
@@ -266,7 +308,7 @@ func (l *Learner) noteCommit(b Ballot, commit Slot, from NodeID) {
 	if commit <= l.applied {
 		return
 	}
-	l.drainLocked(b)
+	l.drainLocked(b, commit)
 }
 
 // await registers interest in an entry id; the channel gets its index once

@@ -67,7 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	listen := fs.String("listen", "127.0.0.1:7070", "host:port that serves clients and peers")
 	peers := fs.String("peers", "", "every member, this node included: 1=http://host:port,2=http://... (default: this node alone)")
 	data := fs.String("data", "", "where this node keeps its state (default ./paxoslog-data/<id>)")
-	key := fs.String("cluster-key", os.Getenv("PAXOSLOG_CLUSTER_KEY"), "shared secret peers present to each other (env PAXOSLOG_CLUSTER_KEY)")
+	key := fs.String("cluster-key", "", "shared secret peers present to each other (default: env PAXOSLOG_CLUSTER_KEY)")
 	maxEntry := fs.Int("max-entry-bytes", 1<<20, "largest accepted append body in bytes")
 	heartbeat := fs.Duration("heartbeat", 50*time.Millisecond, "leader heartbeat interval")
 	election := fs.Duration("election-timeout", 500*time.Millisecond, "silence before a follower campaigns (randomised up to twice this)")
@@ -88,6 +88,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, usagef("--id must be a positive integer, got %d", *id)
 	}
 	o := &options{listen: *listen, clusterKey: *key}
+	if o.clusterKey == "" {
+		o.clusterKey = os.Getenv("PAXOSLOG_CLUSTER_KEY")
+	}
 	o.node = Config{
 		ID: NodeID(*id), DataDir: *data, MaxEntryBytes: *maxEntry,
 		HeartbeatInterval: *heartbeat, ElectionTimeout: *election, RequestTimeout: *reqTimeout,

@@ -87,10 +87,11 @@ func newEntryID(node NodeID) EntryID {
 }
 
 // Entry is one client append: an id for deduplication and the JSON value,
-// carried as raw bytes end to end.
+// carried as the exact bytes the client sent, end to end (base64 inside
+// peer messages, raw in the client log), so a read returns them unchanged.
 type Entry struct {
-	ID   EntryID         `json:"id"`
-	Data json.RawMessage `json:"d"`
+	ID   EntryID `json:"id"`
+	Data []byte  `json:"d"`
 }
 
 // Value is what one slot decides. No entries means a no-op.
@@ -546,7 +547,7 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 // applied on this node, returning its index.
 func (n *Node) Append(ctx context.Context, data []byte) (Index, error) {
 	start := time.Now()
-	e := Entry{ID: newEntryID(n.cfg.ID), Data: json.RawMessage(data)}
+	e := Entry{ID: newEntryID(n.cfg.ID), Data: data}
 	ch := n.learner.await(e.ID)
 	defer n.learner.unawait(e.ID)
 	n.proposer.submit(e)
