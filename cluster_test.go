@@ -324,21 +324,29 @@ func (c *testCluster) leader(d time.Duration) NodeID {
 
 // appendTo appends data through node id, recording the ack.
 func (c *testCluster) appendTo(ctx context.Context, id NodeID, data string) (Index, error) {
+	a, err := c.appendKeyed(ctx, id, data, "")
+	return a.Index, err
+}
+
+// appendKeyed appends data with an idempotency key through node id,
+// recording the ack; an acknowledged data must always get one index.
+func (c *testCluster) appendKeyed(ctx context.Context, id NodeID, data, key string) (Applied, error) {
 	n := c.node(id)
 	if n == nil {
-		return 0, errUnreachable
+		return Applied{}, errUnreachable
 	}
-	idx, err := n.Append(ctx, []byte(data))
+	a, err := n.Append(ctx, []byte(data), key)
+	idx := a.Index
 	if err == nil {
 		c.mu.Lock()
 		if prev, ok := c.acked[data]; ok && prev != idx {
 			c.mu.Unlock()
-			return idx, fmt.Errorf("%s acknowledged twice: at %d and %d", data, prev, idx)
+			return a, fmt.Errorf("%s acknowledged twice: at %d and %d", data, prev, idx)
 		}
 		c.acked[data] = idx
 		c.mu.Unlock()
 	}
-	return idx, err
+	return a, err
 }
 
 // mustAppend appends through id and fails the test on error.

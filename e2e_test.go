@@ -62,7 +62,7 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 			tb.Fatal(err)
 		}
 		hc.nodes[id] = n
-		srv := &http.Server{Handler: newHandler(n, key)}
+		srv := &http.Server{Handler: newHandler(n, handlerOptions{ClusterKey: key, SSEHeartbeat: 50 * time.Millisecond})}
 		ctx, cancel := context.WithCancel(context.Background())
 		hc.servers[id], hc.cancels[id] = srv, cancel
 		hc.wg.Add(2)

@@ -23,6 +23,9 @@ import (
 // maxPeerBody bounds a peer request body.
 const maxPeerBody = 256 << 20
 
+// maxKeyBytes bounds an Idempotency-Key.
+const maxKeyBytes = 128
+
 // peerKeyHeader carries the cluster key on peer requests.
 const peerKeyHeader = "Authorization"
 
@@ -40,13 +43,33 @@ func badRequest(format string, a ...any) error {
 
 // server is the HTTP face of one node.
 type server struct {
-	n   *Node
-	key string
+	n            *Node
+	key          string
+	sseHeartbeat time.Duration
+	shutdownCtx  context.Context
+}
+
+// handlerOptions configure newHandler.
+type handlerOptions struct {
+	// ClusterKey, if set, is required on every peer request.
+	ClusterKey string
+	// SSEHeartbeat is how often an idle Server-Sent Events feed gets a
+	// comment line (default 15s).
+	SSEHeartbeat time.Duration
+	// Shutdown, when done, ends every open feed (http.Server.Shutdown
+	// waits for streaming responses otherwise).
+	Shutdown context.Context
 }
 
 // newHandler builds the echo instance serving n.
-func newHandler(n *Node, clusterKey string) *echo.Echo {
-	s := &server{n: n, key: clusterKey}
+func newHandler(n *Node, o handlerOptions) *echo.Echo {
+	if o.SSEHeartbeat <= 0 {
+		o.SSEHeartbeat = 15 * time.Second
+	}
+	if o.Shutdown == nil {
+		o.Shutdown = context.Background()
+	}
+	s := &server{n: n, key: o.ClusterKey, sseHeartbeat: o.SSEHeartbeat, shutdownCtx: o.Shutdown}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
@@ -58,6 +81,7 @@ func newHandler(n *Node, clusterKey string) *echo.Echo {
 	v1.POST("/log", s.appendEntry)
 	v1.GET("/log", s.readRange)
 	v1.GET("/log/:index", s.readOne)
+	v1.GET("/feed", s.feed)
 	v1.GET("/status", func(c echo.Context) error { return c.JSON(http.StatusOK, n.Status()) })
 
 	peers := e.Group("/paxos", s.requireKey)
@@ -125,12 +149,20 @@ func (s *server) appendEntry(c echo.Context) error {
 	if !gjson.ValidBytes(body) {
 		return badRequest("body is not exactly one valid JSON value")
 	}
-	idx, err := s.n.Append(c.Request().Context(), body)
+	key := c.Request().Header.Get("Idempotency-Key")
+	if len(key) > maxKeyBytes {
+		return badRequest("Idempotency-Key is longer than %d bytes", maxKeyBytes)
+	}
+	a, err := s.n.Append(c.Request().Context(), body, key)
 	if err != nil {
 		return err
 	}
-	c.Response().Header().Set("Location", fmt.Sprintf("/v1/log/%d", idx))
-	return c.JSON(http.StatusCreated, map[string]Index{"index": idx})
+	c.Response().Header().Set("Location", fmt.Sprintf("/v1/log/%d", a.Index))
+	if a.Duplicate {
+		// The same key is already in the log: nothing was appended.
+		return c.JSON(http.StatusOK, map[string]any{"index": a.Index, "duplicate": true})
+	}
+	return c.JSON(http.StatusCreated, map[string]Index{"index": a.Index})
 }
 
 // parseIndex parses a positive integer parameter.

@@ -29,8 +29,11 @@ import (
 //     a crash is dropped whole on open and re-learned.
 
 // dedupWindow is how many of the latest indices are searched for an
-// entry's id before it is given a new index. Entries are only resent
-// within RequestTimeout, far fewer appends than this at any rate reached.
+// entry's identity (its Idempotency-Key, or else its id) before it is given
+// a new index. Nodes resend entries only within RequestTimeout, far fewer
+// appends than this at any rate reached; an Idempotency-Key is remembered
+// for the dedupWindow entries that follow it. The window is a constant on
+// purpose: it must be the same on every node (invariant L2).
 const dedupWindow = 1 << 18
 
 // catchupBatch is the most entries one catch-up reply carries.
@@ -38,7 +41,7 @@ const catchupBatch = 1024
 
 // learnerRecord is one journal record of the client log, stored as
 //
-//	uvarint(slot) uvarint(pos) uvarint(n) id[16] data...
+//	uvarint(slot) uvarint(pos) uvarint(n) id[16] uvarint(len(key)) key data...
 //
 // where pos is the entry's place among the n entries its slot added.
 type learnerRecord struct {
@@ -46,6 +49,7 @@ type learnerRecord struct {
 	Pos  int
 	N    int
 	ID   EntryID
+	Key  string
 	Data []byte
 }
 
@@ -55,6 +59,8 @@ func (r learnerRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.Pos))
 	b = binary.AppendUvarint(b, uint64(r.N))
 	b = append(b, r.ID[:]...)
+	b = binary.AppendUvarint(b, uint64(len(r.Key)))
+	b = append(b, r.Key...)
 	return append(b, r.Data...)
 }
 
@@ -75,7 +81,13 @@ func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 	}
 	r.Slot, r.Pos, r.N = Slot(vals[0]), int(vals[1]), int(vals[2])
 	copy(r.ID[:], b)
-	r.Data = b[len(r.ID):]
+	b = b[len(r.ID):]
+	klen, n := binary.Uvarint(b)
+	if n <= 0 || uint64(len(b)-n) < klen {
+		return r, errBadRecord
+	}
+	r.Key = string(b[n : n+int(klen)])
+	r.Data = b[n+int(klen):]
 	return r, nil
 }
 
@@ -103,13 +115,13 @@ type Learner struct {
 	mu          sync.Mutex // protects the fields below
 	first, last Index      // retained indices; empty when first == last+1
 	applied     Slot
-	pending     map[Slot]Value // chosen, waiting for the slots before them
-	knownCommit Slot           // highest slot known chosen
-	commitFrom  NodeID         // who said so: the peer to catch up from
-	ids         map[EntryID]Index
-	ring        []EntryID // ring[i%dedupWindow] = id at index i
-	waiters     map[EntryID]chan Index
-	notify      chan struct{} // closed and replaced on every apply
+	pending     map[Slot]Value          // chosen, waiting for the slots before them
+	knownCommit Slot                    // highest slot known chosen
+	commitFrom  NodeID                  // who said so: the peer to catch up from
+	recent      map[string]appliedEntry // identity -> where it went, last dedupWindow indices
+	ring        []string                // ring[i%dedupWindow] = identity at index i
+	waiters     map[string][]waiter     // identity -> appends waiting for it
+	notify      chan struct{}           // closed and replaced on every apply
 
 	kick chan struct{} // wakes the catch-up loop
 }
@@ -122,9 +134,9 @@ func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*
 	l := &Learner{
 		n: n, journal: j,
 		pending: make(map[Slot]Value),
-		ids:     make(map[EntryID]Index),
-		ring:    make([]EntryID, dedupWindow),
-		waiters: make(map[EntryID]chan Index),
+		recent:  make(map[string]appliedEntry),
+		ring:    make([]string, dedupWindow),
+		waiters: make(map[string][]waiter),
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 	}
@@ -171,7 +183,7 @@ func (l *Learner) load(floor Slot) error {
 		if err != nil {
 			return err
 		}
-		l.remember(i, rec.ID)
+		l.remember(i, Entry{ID: rec.ID, Key: rec.Key})
 	}
 	return nil
 }
@@ -190,15 +202,31 @@ func (l *Learner) record(i Index) (learnerRecord, error) {
 	return r, nil
 }
 
-func (l *Learner) remember(i Index, id EntryID) {
+// appliedEntry is where an identity went: its index and the id of the
+// entry that got it.
+type appliedEntry struct {
+	index Index
+	id    EntryID
+}
+
+// Applied is what an append's waiter learns: the entry's index, and
+// whether an earlier append with the same Idempotency-Key got it.
+type Applied struct {
+	Index     Index
+	Duplicate bool
+}
+
+// remember records e at index i and forgets what fell out of the window.
+func (l *Learner) remember(i Index, e Entry) {
 	if i > dedupWindow {
 		old := l.ring[i%dedupWindow]
-		if l.ids[old] == i-dedupWindow {
-			delete(l.ids, old)
+		if a, ok := l.recent[old]; ok && a.index == i-dedupWindow {
+			delete(l.recent, old)
 		}
 	}
-	l.ring[i%dedupWindow] = id
-	l.ids[id] = i
+	k := e.identity()
+	l.ring[i%dedupWindow] = k
+	l.recent[k] = appliedEntry{index: i, id: e.ID}
 }
 
 // chosen hands the learner a chosen slot. Slots may arrive in any order
@@ -253,18 +281,19 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		idx Index
 	}
 	var fresh []Entry
-	seen := make(map[EntryID]bool, len(v.Entries))
+	seen := make(map[string]bool, len(v.Entries))
 	for _, e := range v.Entries {
-		if _, dup := l.ids[e.ID]; dup || seen[e.ID] {
+		k := e.identity()
+		if _, dup := l.recent[k]; dup || seen[k] {
 			continue
 		}
-		seen[e.ID] = true
+		seen[k] = true
 		fresh = append(fresh, e)
 	}
 	if len(fresh) > 0 {
 		payloads := make([][]byte, len(fresh))
 		for i, e := range fresh {
-			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Data: e.Data}.encode()
+			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Key: e.Key, Data: e.Data}.encode()
 		}
 		lastRec, err := l.journal.Append(payloads...)
 		if err != nil {
@@ -275,18 +304,17 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		}
 		for _, e := range fresh {
 			l.last++
-			l.remember(l.last, e.ID)
+			l.remember(l.last, e)
+			k := e.identity()
+			for _, w := range l.waiters[k] {
+				w.ch <- Applied{Index: l.last, Duplicate: w.id != e.ID}
+			}
+			delete(l.waiters, k)
 		}
 	}
 	l.applied = slot
 	if slot > l.knownCommit {
 		l.knownCommit = slot
-	}
-	for _, e := range v.Entries {
-		if ch, ok := l.waiters[e.ID]; ok {
-			ch <- l.ids[e.ID]
-			delete(l.waiters, e.ID)
-		}
 	}
 	l.n.metrics.lastIndex.Set(float64(l.last))
 	close(l.notify)
@@ -311,28 +339,49 @@ func (l *Learner) noteCommit(b Ballot, commit Slot, from NodeID) {
 	l.drainLocked(b, commit)
 }
 
-// await registers interest in an entry id; the channel gets its index once
-// applied.
-func (l *Learner) await(id EntryID) <-chan Index {
-	ch := make(chan Index, 1)
+// waiter is an append waiting for its entry's identity to get an index.
+type waiter struct {
+	id EntryID
+	ch chan Applied
+}
+
+// await registers interest in e's identity. The channel receives once an
+// entry with that identity is applied: e itself, or, for an Idempotency-Key,
+// whichever append with that key was chosen first (Duplicate is then set
+// for everyone else). If the identity is already in the window, the
+// channel is ready at once. Waiting on the identity rather than on e's
+// slot matters: a duplicate never reaches the client log, so a node that
+// learns the slot from a peer's log would not see e at all.
+func (l *Learner) await(e Entry) <-chan Applied {
+	ch := make(chan Applied, 1)
+	k := e.identity()
 	l.mu.Lock()
-	l.waiters[id] = ch
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	if a, ok := l.recent[k]; ok {
+		ch <- Applied{Index: a.index, Duplicate: a.id != e.ID}
+		return ch
+	}
+	l.waiters[k] = append(l.waiters[k], waiter{id: e.ID, ch: ch})
 	return ch
 }
 
-func (l *Learner) unawait(id EntryID) {
-	l.mu.Lock()
-	delete(l.waiters, id)
-	l.mu.Unlock()
-}
-
-// isApplied reports whether an entry id is in the recent log.
-func (l *Learner) isApplied(id EntryID) bool {
+// unawait drops e's waiter, if it is still there.
+func (l *Learner) unawait(e Entry) {
+	k := e.identity()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, ok := l.ids[id]
-	return ok
+	ws := l.waiters[k]
+	for i, w := range ws {
+		if w.id == e.ID {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(l.waiters, k)
+	} else {
+		l.waiters[k] = ws
+	}
 }
 
 // Applied returns the last applied slot.
@@ -465,7 +514,7 @@ func (l *Learner) readChosen(from Slot, max int) (CatchupResp, error) {
 			resp.Values = append(resp.Values, SlotValue{Slot: rec.Slot})
 			n++
 		}
-		resp.Values[n-1].Value.Entries = append(resp.Values[n-1].Value.Entries, Entry{ID: rec.ID, Data: rec.Data})
+		resp.Values[n-1].Value.Entries = append(resp.Values[n-1].Value.Entries, Entry{ID: rec.ID, Key: rec.Key, Data: rec.Data})
 		count++
 	}
 	resp.Through = applied

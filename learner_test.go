@@ -143,3 +143,33 @@ func TestLearnerDropsPartialBatch(t *testing.T) {
 		t.Fatalf("index 5 = %v %v", e, err)
 	}
 }
+
+// Regression (found by TestIdempotentConcurrentDuplicates): an append whose
+// key another append got chosen with first must learn that index even when
+// its own, duplicate, entry never reaches this node: slots learned from a
+// peer's client log carry no duplicates.
+func TestLearnerWaiterLearnsKeyFromOtherEntry(t *testing.T) {
+	n := newIdleNode(t, t.TempDir())
+	mine := Entry{ID: EntryID{1}, Key: "k", Data: []byte(`"x"`)}
+	theirs := Entry{ID: EntryID{2}, Key: "k", Data: []byte(`"x"`)}
+	ch := n.learner.await(mine)
+	n.learner.chosen(SlotValue{Slot: 1, Value: Value{Entries: []Entry{theirs}}})
+	select {
+	case a := <-ch:
+		if a.Index != 1 || !a.Duplicate {
+			t.Fatalf("waiter got %+v, want index 1, duplicate", a)
+		}
+	default:
+		t.Fatal("waiter not told that its key got index 1")
+	}
+	// Registering after the fact answers at once.
+	late := n.learner.await(Entry{ID: EntryID{3}, Key: "k"})
+	select {
+	case a := <-late:
+		if a.Index != 1 || !a.Duplicate {
+			t.Fatalf("late waiter got %+v", a)
+		}
+	default:
+		t.Fatal("late waiter not answered at once")
+	}
+}

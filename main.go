@@ -189,7 +189,13 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{Handler: newHandler(node, o.clusterKey), ReadHeaderTimeout: 10 * time.Second}
+	shutdown, endFeeds := context.WithCancel(context.Background())
+	defer endFeeds()
+	srv := &http.Server{
+		Handler:           newHandler(node, handlerOptions{ClusterKey: o.clusterKey, Shutdown: shutdown}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	srv.RegisterOnShutdown(endFeeds)
 	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "members", len(o.peers), "data", o.node.DataDir)
 
 	var g run.Group

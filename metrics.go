@@ -8,15 +8,17 @@ import (
 // metrics are one node's Prometheus series, on a registry of its own so
 // that several nodes can live in one process (the tests do).
 type metrics struct {
-	reg           *prometheus.Registry
-	appendLatency prometheus.Histogram
-	appendErrors  prometheus.Counter
-	fsync         prometheus.Histogram
-	lastIndex     prometheus.Gauge
-	isLeader      prometheus.Gauge
-	leader        prometheus.Gauge
-	leaderChanges prometheus.Counter
-	peerErrors    *prometheus.CounterVec
+	reg             *prometheus.Registry
+	appendLatency   prometheus.Histogram
+	appendErrors    prometheus.Counter
+	fsync           prometheus.Histogram
+	lastIndex       prometheus.Gauge
+	isLeader        prometheus.Gauge
+	leader          prometheus.Gauge
+	leaderChanges   prometheus.Counter
+	peerErrors      *prometheus.CounterVec
+	idempotentHits  prometheus.Counter
+	feedSubscribers prometheus.Gauge
 }
 
 func newMetrics(n *Node) *metrics {
@@ -56,8 +58,16 @@ func newMetrics(n *Node) *metrics {
 			Name: "paxoslog_peer_request_errors_total",
 			Help: "Peer requests that failed, by peer and method.",
 		}, []string{"peer", "method"}),
+		idempotentHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "paxoslog_idempotent_hits_total",
+			Help: "Appends answered with the index an earlier append with the same Idempotency-Key got.",
+		}),
+		feedSubscribers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "paxoslog_feed_subscribers",
+			Help: "Open /v1/feed streams on this node.",
+		}),
 	}
-	m.reg.MustRegister(m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
+	m.reg.MustRegister(m.idempotentHits, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -91,7 +91,17 @@ func newEntryID(node NodeID) EntryID {
 // peer messages, raw in the client log), so a read returns them unchanged.
 type Entry struct {
 	ID   EntryID `json:"id"`
+	Key  string  `json:"k,omitempty"` // the client's Idempotency-Key, if any
 	Data []byte  `json:"d"`
+}
+
+// identity is what deduplication compares: the Idempotency-Key if the
+// client gave one, else the entry id.
+func (e Entry) identity() string {
+	if e.Key != "" {
+		return "k" + e.Key
+	}
+	return "i" + string(e.ID[:])
 }
 
 // Value is what one slot decides. No entries means a no-op.
@@ -544,28 +554,36 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 }
 
 // Append submits data as one entry and waits until it is chosen and
-// applied on this node, returning its index.
-func (n *Node) Append(ctx context.Context, data []byte) (Index, error) {
+// applied on this node. With a non-empty idempotency key, an entry already
+// in the log under that key (within the dedup window) is not appended
+// again: its index comes back with Duplicate set.
+func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, error) {
 	start := time.Now()
-	e := Entry{ID: newEntryID(n.cfg.ID), Data: data}
-	ch := n.learner.await(e.ID)
-	defer n.learner.unawait(e.ID)
+	e := Entry{ID: newEntryID(n.cfg.ID), Key: key, Data: data}
+	ch := n.learner.await(e)
+	defer n.learner.unawait(e)
+	select {
+	case a := <-ch: // the key is already in the log: nothing to append
+		n.metrics.idempotentHits.Inc()
+		return a, nil
+	default:
+	}
 	n.proposer.submit(e)
 	defer n.proposer.forget(e.ID)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	defer cancel()
 	select {
-	case idx := <-ch:
+	case a := <-ch:
 		n.metrics.appendLatency.Observe(time.Since(start).Seconds())
-		return idx, nil
+		if a.Duplicate {
+			n.metrics.idempotentHits.Inc()
+		}
+		return a, nil
 	case <-ctx.Done():
 		n.metrics.appendErrors.Inc()
-		if errors.Is(context.Cause(ctx), context.Canceled) {
-			return 0, ctx.Err()
-		}
-		return 0, ErrNoQuorum
+		return Applied{}, n.waitErr(ctx)
 	case <-n.stopped:
-		return 0, ErrStopped
+		return Applied{}, ErrStopped
 	}
 }
 

@@ -475,11 +475,11 @@ func TestDataKept(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
 	leader := c.leader(5 * time.Second)
 	raw := `{"b": [1, 2.50, "x"],  "a":null}`
-	idx, err := c.node(leader).Append(context.Background(), []byte(raw))
+	a, err := c.node(leader).Append(context.Background(), []byte(raw), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := c.node(leader).learner.Get(idx)
+	e, err := c.node(leader).learner.Get(a.Index)
 	if err != nil {
 		t.Fatal(err)
 	}
