@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -135,7 +136,15 @@ type Acceptor struct {
 	mu         sync.Mutex // protects state and sinceCheck
 	state      *acceptorState
 	sinceCheck int // records written since the last checkpoint
+
+	// hook, nil outside tests, is called at "written" and "synced"; an
+	// error (wrapping errInjected) fails the request there.
+	hook func(point string) error
 }
+
+// errInjected marks a failure a test injected: it fails one request and,
+// unlike a real storage error, does not stop the node.
+var errInjected = errors.New("injected fault")
 
 func openAcceptor(dir string, onSync func(time.Duration)) (*Acceptor, error) {
 	j, err := openJournal(dir, journalOptions{OnSync: onSync})
@@ -188,14 +197,11 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 // Prepare handles phase 1a durably.
 func (a *Acceptor) Prepare(b Ballot, from Slot) (Promise, error) {
 	var p Promise
-	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+	err := a.transition(func(s *acceptorState) *acceptorRecord {
 		var rec *acceptorRecord
 		p, rec = s.prepare(b, from)
 		return rec
 	})
-	if err == nil {
-		err = a.journal.SyncTo(seq)
-	}
 	if err != nil {
 		return Promise{}, fmt.Errorf("prepare %s: %w", b, err)
 	}
@@ -205,18 +211,33 @@ func (a *Acceptor) Prepare(b Ballot, from Slot) (Promise, error) {
 // Accept handles phase 2a durably.
 func (a *Acceptor) Accept(b Ballot, vals []SlotValue) (Accepted, error) {
 	var r Accepted
-	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+	err := a.transition(func(s *acceptorState) *acceptorRecord {
 		var rec *acceptorRecord
 		r, rec = s.accept(b, vals)
 		return rec
 	})
-	if err == nil {
-		err = a.journal.SyncTo(seq)
-	}
 	if err != nil {
 		return Accepted{}, fmt.Errorf("accept %s: %w", b, err)
 	}
 	return r, nil
+}
+
+// transition runs f under the lock, journals its record and returns once
+// that record and every one before it are synced (A3). The test hook may
+// fail it between the write and the sync, or between the sync and the
+// reply, as a crash at that instant would.
+func (a *Acceptor) transition(f func(*acceptorState) *acceptorRecord) error {
+	seq, err := a.step(f)
+	if err == nil && a.hook != nil {
+		err = a.hook("written")
+	}
+	if err == nil {
+		err = a.journal.SyncTo(seq)
+	}
+	if err == nil && a.hook != nil {
+		err = a.hook("synced")
+	}
+	return err
 }
 
 // Promised returns the highest ballot promised.

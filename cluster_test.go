@@ -50,12 +50,14 @@ type memNet struct {
 	rng    *rand.Rand
 	nodes  map[NodeID]*Node
 	cut    map[[2]NodeID]bool
+	slow   map[NodeID]time.Duration // extra delay on every message to or from a node
 	faults faults
 	hook   sendHook
 }
 
 func newMemNet(seed int64) *memNet {
-	return &memNet{rng: rand.New(rand.NewSource(seed)), nodes: map[NodeID]*Node{}, cut: map[[2]NodeID]bool{}}
+	return &memNet{rng: rand.New(rand.NewSource(seed)), nodes: map[NodeID]*Node{}, cut: map[[2]NodeID]bool{},
+		slow: map[NodeID]time.Duration{}}
 }
 
 type memTransport struct {
@@ -78,6 +80,7 @@ func (t memTransport) Call(ctx context.Context, to NodeID, method string, body [
 	if f.MaxDelay > 0 {
 		delay = time.Duration(m.rng.Int63n(int64(f.MaxDelay)))
 	}
+	delay += m.slow[t.from] + m.slow[to]
 	m.mu.Unlock()
 	if blocked || dropReq {
 		return nil, errUnreachable
@@ -145,6 +148,13 @@ func (m *memNet) heal() {
 	m.mu.Unlock()
 }
 
+// setSlow delays every message to or from id by d (0 to undo).
+func (m *memNet) setSlow(id NodeID, d time.Duration) {
+	m.mu.Lock()
+	m.slow[id] = d
+	m.mu.Unlock()
+}
+
 // testNode is a running node of a testCluster.
 type testNode struct {
 	node   *Node
@@ -161,9 +171,12 @@ type testCluster struct {
 	seed    int64
 	cfg     Config // template
 
+	life map[NodeID]*sync.Mutex // held while a node starts or crashes
+
 	mu    sync.Mutex
 	nodes map[NodeID]*testNode
-	acked map[string]Index // data -> index acknowledged to a client
+	acked map[string]Index  // data -> index acknowledged to a client
+	armed map[NodeID]string // crash the node at this acceptor hook point
 	boots int
 }
 
@@ -186,6 +199,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 	c := &testCluster{
 		t: t, net: newMemNet(seed), dirs: map[NodeID]string{}, seed: seed, cfg: testConfig(),
 		nodes: map[NodeID]*testNode{}, acked: map[string]Index{},
+		life: map[NodeID]*sync.Mutex{}, armed: map[NodeID]string{},
 	}
 	if tweak != nil {
 		tweak(&c.cfg)
@@ -195,6 +209,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 		id := NodeID(i)
 		c.members = append(c.members, id)
 		c.dirs[id] = filepath.Join(base, fmt.Sprint(i))
+		c.life[id] = new(sync.Mutex)
 	}
 	for _, id := range c.members {
 		c.start(id)
@@ -203,9 +218,14 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 	return c
 }
 
-// start opens and runs node id on its data directory.
+// start opens and runs node id on its data directory, unless it runs.
 func (c *testCluster) start(id NodeID) {
 	c.t.Helper()
+	c.life[id].Lock()
+	defer c.life[id].Unlock()
+	if c.node(id) != nil {
+		return
+	}
 	cfg := c.cfg
 	cfg.ID, cfg.Members, cfg.DataDir = id, c.members, c.dirs[id]
 	c.mu.Lock()
@@ -215,6 +235,19 @@ func (c *testCluster) start(id NodeID) {
 	n, err := NewNode(cfg, memTransport{net: c.net, from: id})
 	if err != nil {
 		c.t.Fatalf("start node %d: %v", id, err)
+	}
+	n.acceptor.hook = func(point string) error {
+		c.mu.Lock()
+		fire := c.armed[id] == point
+		if fire {
+			delete(c.armed, id)
+		}
+		c.mu.Unlock()
+		if !fire {
+			return nil
+		}
+		go c.crash(id)
+		return fmt.Errorf("node %d crashed at %q: %w", id, point, errInjected)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tn := &testNode{node: n, cancel: cancel, done: make(chan error, 1)}
@@ -227,9 +260,18 @@ func (c *testCluster) start(id NodeID) {
 	go func() { tn.done <- n.Run(ctx) }()
 }
 
+// arm makes node id crash the next time its acceptor reaches point
+// ("written": journaled, not yet synced; "synced": before the reply).
+func (c *testCluster) arm(id NodeID, point string) {
+	c.mu.Lock()
+	c.armed[id] = point
+	c.mu.Unlock()
+}
+
 // crash kills node id as a power cut would: unsynced writes are lost.
 func (c *testCluster) crash(id NodeID) {
-	c.t.Helper()
+	c.life[id].Lock()
+	defer c.life[id].Unlock()
 	c.mu.Lock()
 	tn := c.nodes[id]
 	delete(c.nodes, id)
@@ -245,7 +287,7 @@ func (c *testCluster) crash(id NodeID) {
 		c.t.Logf("node %d stopped with: %v", id, err)
 	}
 	if err := tn.node.crash(); err != nil {
-		c.t.Fatalf("crash node %d: %v", id, err)
+		c.t.Errorf("crash node %d: %v", id, err)
 	}
 }
 
@@ -257,15 +299,20 @@ func (c *testCluster) restart(id NodeID) {
 
 func (c *testCluster) stopAll() {
 	for _, id := range c.members {
+		c.life[id].Lock()
 		c.mu.Lock()
 		tn := c.nodes[id]
 		delete(c.nodes, id)
 		c.mu.Unlock()
 		if tn != nil {
+			c.net.mu.Lock()
+			delete(c.net.nodes, id)
+			c.net.mu.Unlock()
 			tn.cancel()
 			<-tn.done
 			tn.node.Close()
 		}
+		c.life[id].Unlock()
 	}
 }
 

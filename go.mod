@@ -3,6 +3,7 @@ module paxoslog
 go 1.26.8
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/labstack/echo/v4 v4.15.4
 	github.com/oklog/run v1.2.0
 	github.com/prometheus/client_golang v1.25.0

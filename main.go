@@ -84,8 +84,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, usagef("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	if *id == 0 || *id > 1<<31 {
-		return nil, usagef("--id must be a positive integer, got %d", *id)
+	if *id == 0 || *id >= 1<<31 {
+		return nil, usagef("--id must be an integer from 1 to %d, got %d", 1<<31-1, *id)
 	}
 	o := &options{listen: *listen, clusterKey: *key}
 	if o.clusterKey == "" {
@@ -95,8 +95,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		ID: NodeID(*id), DataDir: *data, MaxEntryBytes: *maxEntry,
 		HeartbeatInterval: *heartbeat, ElectionTimeout: *election, RequestTimeout: *reqTimeout,
 	}
-	if _, _, err := net.SplitHostPort(*listen); err != nil {
+	if _, port, err := net.SplitHostPort(*listen); err != nil {
 		return nil, usagef("--listen must be host:port, got %q", *listen)
+	} else if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
+		return nil, usagef("--listen port must be a number from 0 to 65535, got %q", port)
 	}
 	if *maxEntry < 1 {
 		return nil, usagef("--max-entry-bytes must be positive, got %d", *maxEntry)
@@ -223,7 +225,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
 	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
+	if errors.Is(err, run.ErrSignal) || ctx.Err() != nil {
 		logger.Info("shutting down", "reason", err.Error())
 		return nil
 	}

@@ -435,6 +435,14 @@ func (n *Node) fatal(err error) {
 	}
 }
 
+// storageFailed stops the node after an acceptor error, unless a test
+// injected it.
+func (n *Node) storageFailed(err error) {
+	if !errors.Is(err, errInjected) {
+		n.fatal(err)
+	}
+}
+
 // Fatal returns the error that stopped the node, if any.
 func (n *Node) Fatal() error {
 	n.fatalMu.Lock()
@@ -518,7 +526,7 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
 	if err != nil {
-		n.fatal(err)
+		n.storageFailed(err)
 		return Promise{}, err
 	}
 	if p.OK {
@@ -532,7 +540,7 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 func (n *Node) onAccept(req AcceptReq) (Accepted, error) {
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
 	if err != nil {
-		n.fatal(err)
+		n.storageFailed(err)
 		return Accepted{}, err
 	}
 	if a.OK {

@@ -402,10 +402,15 @@ func (j *journal) TruncateBack(n uint64) error {
 	if j.synced > n {
 		j.synced = n
 	}
-	return j.log.Sync()
+	j.segCount, j.segBytes = segmentStats(j.dir)
+	if err := j.log.Sync(); err != nil {
+		return j.fail(fmt.Errorf("truncate back to %d: sync: %w", n, err))
+	}
+	return nil
 }
 
-// Close closes the journal without syncing what was not synced.
+// Close closes the journal (tidwall/wal syncs the tail as it closes; only
+// crash drops unsynced records).
 func (j *journal) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()

@@ -1,0 +1,507 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Tests of the journal: durability across close and crash, torn-tail and
+// bad-checksum repair on open, corruption reporting, and truncation.
+
+// smallSegments makes a journal cycle segment files every few records.
+const smallSegments = 128
+
+func openTestJournal(t *testing.T, dir string, opts journalOptions) *journal {
+	t.Helper()
+	j, err := openJournal(dir, opts)
+	if err != nil {
+		t.Fatalf("open journal: %v", err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j
+}
+
+// journalPayload is the payload of record n in these tests.
+func journalPayload(n int) []byte { return []byte(fmt.Sprintf("record %d", n)) }
+
+// appendJournalRecords appends the payloads of records from..to one by one.
+func appendJournalRecords(t *testing.T, j *journal, from, to int) {
+	t.Helper()
+	for n := from; n <= to; n++ {
+		seq, err := j.Append(journalPayload(n))
+		if err != nil {
+			t.Fatalf("append %d: %v", n, err)
+		}
+		if seq != uint64(n) {
+			t.Fatalf("append %d: got record number %d", n, seq)
+		}
+	}
+}
+
+// checkJournalRecords checks that j holds exactly records from..to with the
+// payloads appendJournalRecords wrote.
+func checkJournalRecords(t *testing.T, j *journal, from, to int) {
+	t.Helper()
+	first, last := j.Bounds()
+	if first != uint64(from) || last != uint64(to) {
+		t.Fatalf("bounds = %d..%d, want %d..%d", first, last, from, to)
+	}
+	for n := from; n <= to; n++ {
+		p, err := j.Read(uint64(n))
+		if err != nil {
+			t.Fatalf("read %d: %v", n, err)
+		}
+		if want := journalPayload(n); string(p) != string(want) {
+			t.Fatalf("read %d = %q, want %q", n, p, want)
+		}
+	}
+	for _, n := range []uint64{first - 1, last + 1} {
+		if _, err := j.Read(n); !errors.Is(err, errNotFound) {
+			t.Errorf("read %d outside %d..%d: err = %v, want errNotFound", n, first, last, err)
+		}
+	}
+}
+
+// newestSegment returns the path of dir's newest segment file.
+func newestSegment(t *testing.T, dir string) string {
+	t.Helper()
+	segs, err := segmentFiles(dir)
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segment files of %s: %v %v", dir, segs, err)
+	}
+	return segs[len(segs)-1]
+}
+
+func appendToSegment(t *testing.T, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// walBinaryEntry frames body as tidwall/wal's binary format stores one
+// entry: uvarint(len) || body.
+func walBinaryEntry(body []byte) []byte {
+	return append(binary.AppendUvarint(nil, uint64(len(body))), body...)
+}
+
+func TestJournalSurvivesReopen(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{0, smallSegments} {
+		t.Run(fmt.Sprintf("segment size %d", size), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			opts := journalOptions{SegmentSize: size}
+			j := openTestJournal(t, dir, opts)
+			if first, last := j.Bounds(); first != 1 || last != 0 {
+				t.Fatalf("fresh journal bounds = %d..%d, want 1..0", first, last)
+			}
+			appendJournalRecords(t, j, 1, 5)
+			seq, err := j.Append(journalPayload(6), journalPayload(7), journalPayload(8))
+			if err != nil || seq != 8 {
+				t.Fatalf("batch append = %d, %v; want 8", seq, err)
+			}
+			appendJournalRecords(t, j, 9, 30)
+			if err := j.Sync(); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if got := j.Synced(); got != 30 {
+				t.Errorf("synced = %d, want 30", got)
+			}
+			checkJournalRecords(t, j, 1, 30)
+			if err := j.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+
+			j = openTestJournal(t, dir, opts)
+			checkJournalRecords(t, j, 1, 30)
+			if got := j.Synced(); got != 30 {
+				t.Errorf("synced after reopen = %d, want 30", got)
+			}
+			if segs, _ := segmentFiles(dir); size == smallSegments && len(segs) < 3 {
+				t.Errorf("%d segment files, want several", len(segs))
+			}
+			appendJournalRecords(t, j, 31, 32)
+			checkJournalRecords(t, j, 1, 32)
+		})
+	}
+}
+
+func TestJournalClosed(t *testing.T) {
+	t.Parallel()
+	j := openTestJournal(t, t.TempDir(), journalOptions{})
+	appendJournalRecords(t, j, 1, 1)
+	if err := j.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if _, err := j.Append([]byte("x")); !errors.Is(err, errJournalClosed) {
+		t.Errorf("append after close: err = %v, want errJournalClosed", err)
+	}
+	if _, err := j.Read(1); !errors.Is(err, errJournalClosed) {
+		t.Errorf("read after close: err = %v, want errJournalClosed", err)
+	}
+	if err := j.SyncTo(1); !errors.Is(err, errJournalClosed) {
+		t.Errorf("sync after close: err = %v, want errJournalClosed", err)
+	}
+	if err := j.TruncateFront(1); !errors.Is(err, errJournalClosed) {
+		t.Errorf("truncate after close: err = %v, want errJournalClosed", err)
+	}
+	if err := j.Close(); err != nil {
+		t.Errorf("second close: %v", err)
+	}
+}
+
+func TestJournalCrashDropsUnsynced(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		size   int
+		synced int // records appended and synced
+		after  int // records appended after the sync
+	}{
+		{"nothing synced", 0, 0, 3},
+		{"some synced", 0, 4, 3},
+		{"all synced", 0, 4, 0},
+		{"unsynced records span segments", smallSegments, 5, 25},
+		{"synced records span segments", smallSegments, 25, 5},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			opts := journalOptions{SegmentSize: tc.size}
+			j := openTestJournal(t, dir, opts)
+			appendJournalRecords(t, j, 1, tc.synced)
+			if err := j.SyncTo(uint64(tc.synced)); err != nil {
+				t.Fatalf("sync to %d: %v", tc.synced, err)
+			}
+			if got := j.Synced(); got != uint64(tc.synced) {
+				t.Fatalf("synced = %d, want %d", got, tc.synced)
+			}
+			appendJournalRecords(t, j, tc.synced+1, tc.synced+tc.after)
+			if err := j.crash(); err != nil {
+				t.Fatalf("crash: %v", err)
+			}
+
+			j = openTestJournal(t, dir, opts)
+			checkJournalRecords(t, j, 1, tc.synced)
+			// The journal goes on from the last synced record.
+			appendJournalRecords(t, j, tc.synced+1, tc.synced+2)
+			checkJournalRecords(t, j, 1, tc.synced+2)
+		})
+	}
+}
+
+// TestJournalSyncTo checks the group-commit shortcut: SyncTo returns
+// without an fsync when the records asked for are already durable.
+func TestJournalSyncTo(t *testing.T) {
+	t.Parallel()
+	var syncs atomic.Int32
+	j := openTestJournal(t, t.TempDir(), journalOptions{OnSync: func(time.Duration) { syncs.Add(1) }})
+	check := func(what string, wantSynced uint64, wantSyncs int32) {
+		t.Helper()
+		if got := j.Synced(); got != wantSynced {
+			t.Errorf("%s: synced = %d, want %d", what, got, wantSynced)
+		}
+		if got := syncs.Load(); got != wantSyncs {
+			t.Errorf("%s: %d fsyncs, want %d", what, got, wantSyncs)
+		}
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatalf("sync empty: %v", err)
+	}
+	check("sync of an empty journal", 0, 0)
+	appendJournalRecords(t, j, 1, 3)
+	check("append", 0, 0)
+	if err := j.SyncTo(2); err != nil {
+		t.Fatalf("sync to 2: %v", err)
+	}
+	check("sync to 2", 3, 1) // it covers everything appended before it began
+	if err := j.SyncTo(3); err != nil {
+		t.Fatalf("sync to 3: %v", err)
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	check("syncs of synced records", 3, 1)
+	appendJournalRecords(t, j, 4, 4)
+	if err := j.Sync(); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	check("sync of a new record", 4, 2)
+}
+
+// TestJournalRepairsTail appends to the newest segment file what a crash
+// may leave there: a torn record, zeros, or whole records whose checksum
+// fails. Open must drop exactly that and keep every record before it.
+func TestJournalRepairsTail(t *testing.T) {
+	t.Parallel()
+	badCRC := func(payload string) []byte {
+		body := make([]byte, 4+len(payload))
+		binary.LittleEndian.PutUint32(body, crc32.Checksum([]byte(payload), crcTable)+1)
+		copy(body[4:], payload)
+		return walBinaryEntry(body)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var out []byte
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		tail func(next int) []byte // next is the number the first tail record would get
+		kept int                   // good records at the start of tail
+	}{
+		{"length past the end", func(int) []byte { return cat(binary.AppendUvarint(nil, 100), []byte("abc")) }, 0},
+		{"half a length", func(int) []byte { return []byte{0x80} }, 0},
+		{"header of a long record", func(int) []byte { return binary.AppendUvarint(nil, 1<<20) }, 0},
+		{"zero fill", func(int) []byte { return make([]byte, 64) }, 0},
+		{"too short for a checksum", func(int) []byte { return walBinaryEntry([]byte{1, 2}) }, 0},
+		{"bad checksum", func(int) []byte { return badCRC("lost") }, 0},
+		{"several bad checksums", func(int) []byte { return cat(badCRC("lost 1"), badCRC("lost 2")) }, 0},
+		{"bad checksum then torn", func(int) []byte { return cat(badCRC("lost"), []byte{0x85}) }, 0},
+		{"good then bad checksum", func(next int) []byte {
+			return cat(walBinaryEntry(sealRecord(journalPayload(next))), badCRC("lost"))
+		}, 1},
+	}
+	for _, tc := range tests {
+		for _, size := range []int{0, smallSegments} {
+			for _, records := range []int{0, 20} {
+				name := fmt.Sprintf("%s/segment size %d/%d records", tc.name, size, records)
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					dir := t.TempDir()
+					opts := journalOptions{SegmentSize: size}
+					j := openTestJournal(t, dir, opts)
+					appendJournalRecords(t, j, 1, records)
+					if err := j.Close(); err != nil {
+						t.Fatalf("close: %v", err)
+					}
+					appendToSegment(t, newestSegment(t, dir), tc.tail(records+1))
+
+					j = openTestJournal(t, dir, opts)
+					want := records + tc.kept
+					checkJournalRecords(t, j, 1, want)
+					if got := j.Synced(); got != uint64(want) {
+						t.Errorf("synced after repair = %d, want %d", got, want)
+					}
+					appendJournalRecords(t, j, want+1, want+3)
+					if err := j.Sync(); err != nil {
+						t.Fatalf("sync: %v", err)
+					}
+					if err := j.Close(); err != nil {
+						t.Fatalf("close: %v", err)
+					}
+
+					j = openTestJournal(t, dir, opts)
+					checkJournalRecords(t, j, 1, want+3)
+				})
+			}
+		}
+	}
+}
+
+// TestJournalCorruptRecord flips a byte of a record that a good record
+// follows: that is synced data lost, and Read must say so rather than
+// guess.
+func TestJournalCorruptRecord(t *testing.T) {
+	t.Parallel()
+	for _, victim := range []int{1, 2, 3} {
+		t.Run(fmt.Sprintf("record %d of 4", victim), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			j := openTestJournal(t, dir, journalOptions{})
+			appendJournalRecords(t, j, 1, 4)
+			if err := j.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			path := newestSegment(t, dir)
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Walk the uvarint-framed entries to the victim's payload.
+			pos := 0
+			for n := 1; ; n++ {
+				size, k := binary.Uvarint(data[pos:])
+				if k <= 0 {
+					t.Fatalf("bad framing at %d", pos)
+				}
+				if n == victim {
+					data[pos+k+4] ^= 0xff // first payload byte, after the checksum
+					break
+				}
+				pos += k + int(size)
+			}
+			if err := os.WriteFile(path, data, 0o640); err != nil {
+				t.Fatal(err)
+			}
+
+			j = openTestJournal(t, dir, journalOptions{})
+			if first, last := j.Bounds(); first != 1 || last != 4 {
+				t.Fatalf("bounds = %d..%d, want 1..4: a corrupt record inside the journal is not a torn tail", first, last)
+			}
+			for n := 1; n <= 4; n++ {
+				p, err := j.Read(uint64(n))
+				if n == victim {
+					if !errors.Is(err, errJournalCorrupt) {
+						t.Errorf("read corrupt record %d = %q, %v; want errJournalCorrupt", n, p, err)
+					}
+					continue
+				}
+				if err != nil || string(p) != string(journalPayload(n)) {
+					t.Errorf("read %d = %q, %v", n, p, err)
+				}
+			}
+		})
+	}
+}
+
+func TestJournalTruncateFront(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{0, smallSegments} {
+		t.Run(fmt.Sprintf("segment size %d", size), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			opts := journalOptions{SegmentSize: size}
+			j := openTestJournal(t, dir, opts)
+			appendJournalRecords(t, j, 1, 30)
+			if err := j.Sync(); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if err := j.TruncateFront(21); err != nil {
+				t.Fatalf("truncate front: %v", err)
+			}
+			checkJournalRecords(t, j, 21, 30)
+			if err := j.TruncateFront(21); err != nil {
+				t.Fatalf("repeat truncate front: %v", err)
+			}
+			checkJournalRecords(t, j, 21, 30)
+			appendJournalRecords(t, j, 31, 32)
+			if err := j.crash(); err != nil {
+				t.Fatalf("crash: %v", err)
+			}
+
+			j = openTestJournal(t, dir, opts)
+			checkJournalRecords(t, j, 21, 30)
+			appendJournalRecords(t, j, 31, 35)
+			if err := j.Sync(); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			// Dropping every record leaves an empty journal that goes on
+			// numbering where it was.
+			if err := j.TruncateFront(36); err != nil {
+				t.Fatalf("truncate everything: %v", err)
+			}
+			if first, last := j.Bounds(); first != 36 || last != 35 {
+				t.Fatalf("bounds after truncating everything = %d..%d, want 36..35", first, last)
+			}
+			if err := j.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+
+			j = openTestJournal(t, dir, opts)
+			if first, last := j.Bounds(); first != 36 || last != 35 {
+				t.Fatalf("bounds after reopen = %d..%d, want 36..35", first, last)
+			}
+			appendJournalRecords(t, j, 36, 37)
+			checkJournalRecords(t, j, 36, 37)
+		})
+	}
+}
+
+// TestJournalGroupCommit appends and syncs from many goroutines: each must
+// find its own records durable when SyncTo returns, and a crash right after
+// must keep them all.
+func TestJournalGroupCommit(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts := journalOptions{SegmentSize: 4 << 10}
+	j := openTestJournal(t, dir, opts)
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	seqs := make(chan uint64, writers*each)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				seq, err := j.Append([]byte(fmt.Sprintf("w%d-%d", w, i)))
+				if err == nil {
+					err = j.SyncTo(seq)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				if got := j.Synced(); got < seq {
+					errs <- fmt.Errorf("SyncTo(%d) returned with synced %d", seq, got)
+					return
+				}
+				seqs <- seq
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(seqs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := make(map[uint64]bool)
+	for seq := range seqs {
+		if seen[seq] {
+			t.Fatalf("record number %d given twice", seq)
+		}
+		seen[seq] = true
+	}
+	if len(seen) != writers*each {
+		t.Fatalf("%d records, want %d", len(seen), writers*each)
+	}
+	if err := j.crash(); err != nil {
+		t.Fatalf("crash: %v", err)
+	}
+
+	j = openTestJournal(t, dir, opts)
+	first, last := j.Bounds()
+	if first != 1 || last != writers*each {
+		t.Fatalf("bounds after crash = %d..%d, want 1..%d", first, last, writers*each)
+	}
+	// Each writer's records are all there, in the order it wrote them.
+	next := make([]int, writers)
+	for n := first; n <= last; n++ {
+		p, err := j.Read(n)
+		if err != nil {
+			t.Fatalf("read %d: %v", n, err)
+		}
+		var w, i int
+		if _, err := fmt.Sscanf(string(p), "w%d-%d", &w, &i); err != nil || w < 0 || w >= writers {
+			t.Fatalf("record %d = %q", n, p)
+		}
+		if i != next[w] {
+			t.Fatalf("record %d = %q, want writer %d's record %d", n, p, w, next[w])
+		}
+		next[w]++
+	}
+	if want := []int{each, each, each, each, each, each, each, each}; !reflect.DeepEqual(next, want) {
+		t.Fatalf("records per writer = %v, want %v", next, want)
+	}
+}
