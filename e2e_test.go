@@ -235,9 +235,9 @@ func TestHTTPNoMajority(t *testing.T) {
 }
 
 // BenchmarkHTTPAppend measures appends/s and latency of a three-node
-// cluster over loopback HTTP with fsync on, at 1 and 32 clients.
+// cluster over loopback HTTP with fsync on, at 1, 16 and 64 clients.
 func BenchmarkHTTPAppend(b *testing.B) {
-	for _, clients := range []int{1, 32} {
+	for _, clients := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			hc := startHTTPCluster(b, 3, "k", nil)
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}

@@ -453,6 +453,11 @@ func (n *Node) Fatal() error {
 // call sends a request to a member and decodes its reply. Calls to this
 // node itself skip the transport.
 func (n *Node) call(ctx context.Context, to NodeID, method string, req, resp any) error {
+	if to == n.cfg.ID {
+		if handled, err := n.callSelf(req, resp); handled {
+			return err
+		}
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("%s to %d: encode: %w", method, to, err)
@@ -471,6 +476,30 @@ func (n *Node) call(ctx context.Context, to NodeID, method string, req, resp any
 		return fmt.Errorf("%s to %d: decode reply: %w", method, to, err)
 	}
 	return nil
+}
+
+// callSelf hands a message to this node's own roles without encoding it
+// (the leader is one of its own acceptors). It reports false for messages
+// it does not take this way. Values are shared, not copied: nothing
+// changes a Value once it has been proposed.
+func (n *Node) callSelf(req, resp any) (bool, error) {
+	select {
+	case <-n.stopped:
+		return true, ErrStopped
+	default:
+	}
+	var err error
+	switch r := req.(type) {
+	case AcceptReq:
+		*resp.(*Accepted), err = n.onAccept(r)
+	case PrepareReq:
+		*resp.(*Promise), err = n.onPrepare(r)
+	case LearnReq:
+		*resp.(*LearnResp) = n.onLearn(r)
+	default:
+		return false, nil
+	}
+	return true, err
 }
 
 // Handle serves one peer request; it is what every /paxos/<method>

@@ -44,18 +44,21 @@ type proposal struct {
 // stepping down and a new one is made for each ballot won. Guarded by
 // Proposer.mu.
 type leaderState struct {
-	ballot    Ballot
-	start     Slot // first slot this ballot decided (P3)
-	nextSlot  Slot // next slot for new values (P1)
-	commit    Slot // every slot <= commit is chosen
-	recoverTo Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
-	inflight  map[Slot]*proposal
-	queue     []Entry
-	queued    map[EntryID]bool
-	contact   map[NodeID]time.Time // last OK heartbeat reply per peer
-	since     time.Time            // when leadership began
-	commitCh  chan struct{}        // closed and replaced when commit advances
-	done      chan struct{}        // closed when this leadership ends
+	ballot     Ballot
+	start      Slot // first slot this ballot decided (P3)
+	nextSlot   Slot // next slot for new values (P1)
+	commit     Slot // every slot <= commit is chosen
+	recoverTo  Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
+	inflight   map[Slot]*proposal
+	queue      []Entry
+	queued     map[EntryID]bool
+	contact    map[NodeID]time.Time // last OK heartbeat reply per peer
+	since      time.Time            // when leadership began
+	commitCh   chan struct{}        // closed and replaced when commit advances
+	done       chan struct{}        // closed when this leadership ends
+	nextRead   *readRound           // the read round that will start next
+	reading    bool                 // a readRounds goroutine runs
+	sentCommit map[NodeID]Slot      // highest commit an accept carried to each peer
 }
 
 // pendingEntry is an append taken by this node, not yet applied here.
@@ -286,10 +289,17 @@ func (p *Proposer) forget(id EntryID) {
 }
 
 // proposeQueuedLocked starts phase 2 for queued entries, a batch per
-// slot, while fewer than MaxInflight slots are undecided.
+// slot, while fewer than MaxInflight slots are undecided. Group commit:
+// while a slot is in flight, entries gather into the next batch instead
+// of each few taking an accept round and an fsync on every node; the
+// round in flight finishing proposes what gathered. Only a backlog of a
+// quarter batch or more opens another slot in parallel (pipelining).
 func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
 	var vals []SlotValue
 	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight {
+		if len(ls.inflight) > 0 && len(ls.queue) < p.n.cfg.MaxBatch/4 {
+			break
+		}
 		k := min(len(ls.queue), p.n.cfg.MaxBatch)
 		v := Value{Entries: append([]Entry(nil), ls.queue[:k]...)}
 		ls.queue = ls.queue[k:]
@@ -324,6 +334,11 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 			if err := p.n.call(cctx, to, methodAccept, req, &resp); err != nil {
 				return // retransmitted by tick while undecided
 			}
+			p.mu.Lock()
+			if commit > ls.sentCommit[to] {
+				ls.sentCommit[to] = commit
+			}
+			p.mu.Unlock()
 			p.onAccepted(ls, to, vals, resp)
 		}()
 	}
@@ -510,7 +525,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
 		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
 		contact: make(map[NodeID]time.Time), since: time.Now(),
-		commitCh: make(chan struct{}), done: make(chan struct{}),
+		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
 	}
 	p.ls = ls
 	p.leader, p.leaderBallot = p.n.cfg.ID, b
@@ -594,38 +609,77 @@ func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 		p.mu.Lock()
 		commit, ch := ls.commit, ls.commitCh
 		p.mu.Unlock()
-		cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
-		var resp LearnResp
-		err := p.n.call(cctx, to, methodLearn, LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}, &resp)
-		cancel()
-		if err == nil {
-			p.mu.Lock()
-			if p.ls == ls {
-				if resp.OK {
-					ls.contact[to] = time.Now()
-				} else if ls.ballot.Less(resp.Promised) {
-					p.observeLocked(resp.Promised)
-					p.stepDownLocked(fmt.Sprintf("peer %d promised %s", to, resp.Promised))
+		if err := p.sendLearn(ctx, ls, to, commit); err != nil {
+			p.n.log.Debug("heartbeat failed", "to", to, "err", err)
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ls.done:
+				return
+			case <-t.C:
+			case <-ch:
+				// A commit advance: under load the next accept carries it, so
+				// give one a moment before sending a learn of our own.
+				select {
+				case <-time.After(learnDelay):
+				case <-ls.done:
+					return
+				}
+				p.mu.Lock()
+				carried := ls.sentCommit[to] >= ls.commit
+				ch = ls.commitCh
+				p.mu.Unlock()
+				if carried {
+					continue
 				}
 			}
-			p.mu.Unlock()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-ls.done:
-			return
-		case <-ch:
-		case <-t.C:
+			break
 		}
 	}
+}
+
+// learnDelay is how long a commit advance waits for an accept to carry it
+// before the leader sends a learn message just for it.
+const learnDelay = time.Millisecond
+
+// sendLearn sends one learn (heartbeat) and handles the reply.
+func (p *Proposer) sendLearn(ctx context.Context, ls *leaderState, to NodeID, commit Slot) error {
+	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+	defer cancel()
+	var resp LearnResp
+	if err := p.n.call(cctx, to, methodLearn, LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}, &resp); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ls == ls {
+		if resp.OK {
+			ls.contact[to] = time.Now()
+		} else if ls.ballot.Less(resp.Promised) {
+			p.observeLocked(resp.Promised)
+			p.stepDownLocked(fmt.Sprintf("peer %d promised %s", to, resp.Promised))
+		}
+	}
+	return nil
+}
+
+// readRound is one quorum confirmation shared by every read that asked
+// for a read index before the round took its commit.
+type readRound struct {
+	done chan struct{}
+	slot Slot
+	ok   bool
 }
 
 // readIndex, on the leader, returns a slot covering every value chosen
 // before the call: the leader waits until it has decided every slot it
 // recovered in phase 1, takes its commit, then confirms with a majority
 // that none has promised a higher ballot (so no later ballot can have
-// chosen anything it does not know).
+// chosen anything it does not know). Reads share rounds: a read joins the
+// next round to start, which takes its commit after the read arrived, and
+// one round at a time runs.
 func (p *Proposer) readIndex(ctx context.Context) (ReadIndexResp, error) {
 	p.mu.Lock()
 	ls := p.ls
@@ -645,11 +699,53 @@ func (p *Proposer) readIndex(ctx context.Context) (ReadIndexResp, error) {
 		}
 		p.mu.Lock()
 	}
-	slot := ls.commit
+	r := ls.nextRead
+	if r == nil {
+		r = &readRound{done: make(chan struct{})}
+		ls.nextRead = r
+	}
+	if !ls.reading {
+		ls.reading = true
+		go p.readRounds(ls)
+	}
 	p.mu.Unlock()
+	select {
+	case <-r.done:
+		if !r.ok {
+			return ReadIndexResp{OK: false}, nil
+		}
+		return ReadIndexResp{OK: true, Slot: r.slot, Leader: p.n.cfg.ID}, nil
+	case <-ctx.Done():
+		return ReadIndexResp{}, ctx.Err()
+	}
+}
 
+// readRounds runs confirmation rounds while reads are waiting for one.
+func (p *Proposer) readRounds(ls *leaderState) {
+	for {
+		p.mu.Lock()
+		r := ls.nextRead
+		ls.nextRead = nil
+		if r == nil {
+			ls.reading = false
+			p.mu.Unlock()
+			return
+		}
+		r.slot = ls.commit
+		ctx := p.ctx
+		p.mu.Unlock()
+		r.ok = p.confirmLeadership(ctx, ls, r.slot)
+		close(r.done)
+	}
+}
+
+// confirmLeadership asks every member whether it still follows ls's
+// ballot and reports whether a majority does.
+func (p *Proposer) confirmLeadership(ctx context.Context, ls *leaderState, commit Slot) bool {
+	ctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+	defer cancel()
 	replies := make(chan bool, len(p.n.cfg.Members))
-	req := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: slot}
+	req := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}
 	for _, to := range p.n.cfg.Members {
 		go func() {
 			var resp LearnResp
@@ -665,13 +761,15 @@ func (p *Proposer) readIndex(ctx context.Context) (ReadIndexResp, error) {
 				oks++
 			}
 		case <-ctx.Done():
-			return ReadIndexResp{}, ctx.Err()
+			return false
+		case <-ls.done:
+			return false
 		}
 		if oks >= p.n.quorumSize() {
-			return ReadIndexResp{OK: true, Slot: slot, Leader: p.n.cfg.ID}, nil
+			return true
 		}
 	}
-	return ReadIndexResp{OK: false}, nil
+	return false
 }
 
 // readIndexAnywhere gets a read index from the leader, wherever it is.
