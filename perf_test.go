@@ -1,0 +1,149 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// perf_test.go: benchmarks of the pieces on the append path, and of a
+// node's memory and restart time with a million entries. Run with
+// go test -run XXX -bench . -benchtime ...
+
+// batchValue makes a value of n entries of about size bytes each.
+func batchValue(slot Slot, n, size int) Value {
+	payload := []byte(`"` + strings.Repeat("x", size-2) + `"`)
+	v := Value{Entries: make([]Entry, n)}
+	for i := range v.Entries {
+		var id EntryID
+		copy(id[:], fmt.Sprintf("%08d-%07d", slot, i))
+		v.Entries[i] = Entry{ID: id, Data: payload}
+	}
+	return v
+}
+
+// BenchmarkAcceptorBatchAccept: one accept of a 64-entry batch, journaled
+// and fsynced, per op.
+func BenchmarkAcceptorBatchAccept(b *testing.B) {
+	a, err := openAcceptor(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.close()
+	bal := Ballot{Round: 1, Node: 1}
+	v := batchValue(1, 64, 100)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := a.Accept(bal, []SlotValue{{Slot: Slot(i + 1), Value: v}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// BenchmarkLearnerApply: applying one chosen 64-entry slot to the client
+// log (no fsync: the learner syncs in the background).
+func BenchmarkLearnerApply(b *testing.B) {
+	n, err := NewNode(Config{ID: 1, DataDir: b.TempDir()}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	vals := make([]Value, b.N)
+	for i := range vals {
+		vals[i] = batchValue(Slot(i+1), 64, 100)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n.learner.chosen(SlotValue{Slot: Slot(i + 1), Value: vals[i]})
+	}
+	b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// BenchmarkMessageEncoding: encoding and decoding one accept message
+// carrying a 64-entry batch, as the HTTP transport does.
+func BenchmarkMessageEncoding(b *testing.B) {
+	req := AcceptReq{From: 1, Ballot: Ballot{Round: 3, Node: 1}, Commit: 41,
+		Values: []SlotValue{{Slot: 42, Value: batchValue(42, 64, 100)}}}
+	body, _ := json.Marshal(req)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		out, err := json.Marshal(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var back AcceptReq
+		if err := json.Unmarshal(out, &back); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// rssBytes reads this process's resident set size.
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+// BenchmarkMillionEntries fills a node's log with 1,000,000 entries of
+// about 100 bytes, then reports the process's resident memory, the time a
+// restart takes until the node serves (reads) again, and the time to read
+// an old index after the restart. Each op is one whole fill and restart:
+// run it with -benchtime 1x.
+func BenchmarkMillionEntries(b *testing.B) {
+	const total, per = 1_000_000, 1000
+	for it := 0; it < b.N; it++ {
+		dir := b.TempDir()
+		n, err := NewNode(Config{ID: 1, DataDir: dir}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for s := 0; s < total/per; s++ {
+			n.learner.chosen(SlotValue{Slot: Slot(s + 1), Value: batchValue(Slot(s+1), per, 100)})
+		}
+		debug.FreeOSMemory()
+		b.ReportMetric(float64(rssBytes())/(1<<20), "rss-MB-full")
+		n.Close()
+
+		start := time.Now()
+		n, err = NewNode(Config{ID: 1, DataDir: dir}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, last := n.learner.Bounds(); last != total {
+			b.Fatalf("last = %d after restart", last)
+		}
+		if _, err := n.learner.Get(total); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(time.Since(start).Milliseconds()), "restart-ms")
+		t0 := time.Now()
+		if _, err := n.learner.Get(17); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(time.Since(t0).Microseconds()), "old-read-us")
+		debug.FreeOSMemory()
+		b.ReportMetric(float64(rssBytes())/(1<<20), "rss-MB-restarted")
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MB-restarted")
+		n.Close()
+	}
+}
