@@ -86,29 +86,35 @@ func (l *Learner) follow(ctx context.Context, from Index, idleEvery time.Duratio
 	}
 }
 
-// matcher is a compiled match= condition.
+// matcher is a compiled match= condition: an OR of ANDs of clauses, each
+// clause a gjson query evaluated on its own (gjson's own queries take one
+// comparison only).
 type matcher struct {
-	query string
+	anyOf [][]string // anyOf[i] holds the "#(clause)" queries of one && group
 	buf   []byte
 }
 
 // compileMatch checks a gjson condition and returns a matcher for it; an
 // empty condition matches everything (nil matcher). The grammar is
 //
-//	cond   = clause { ("&&" | "||") clause }
+//	cond   = and { "||" and }
+//	and    = clause { "&&" clause }
 //	clause = path [ op literal ]
 //	op     = "==" | "!=" | "<" | "<=" | ">" | ">=" | "%" | "!%"
 //
 // where path is a gjson path (letters, digits and _ - . * ? @ # \) and
-// literal is a JSON string, number, true, false or null. gjson evaluates
-// it; the check only makes sure a typo is a 400, not a silent empty feed.
+// literal is a JSON string, number, true, false or null; && binds tighter
+// than ||. gjson evaluates each clause; the check makes sure a typo is a
+// 400, not a silent empty feed.
 func compileMatch(cond string) (*matcher, error) {
 	if cond == "" {
 		return nil, nil
 	}
+	m := &matcher{anyOf: [][]string{nil}}
 	s := cond
 	for {
 		s = strings.TrimLeft(s, " ")
+		start := s
 		p := 0
 		for p < len(s) && isPathByte(s[p]) {
 			if s[p] == '\\' && p+1 < len(s) {
@@ -129,12 +135,19 @@ func compileMatch(cond string) (*matcher, error) {
 			if strings.HasSuffix(op, "%") && !strings.HasPrefix(lit, `"`) {
 				return nil, fmt.Errorf("match %q: %s needs a quoted pattern", cond, op)
 			}
-			s = strings.TrimLeft(rest, " ")
+			s = rest
 		}
-		if s == "" {
-			return &matcher{query: "#(" + cond + ")"}, nil
-		}
-		if !strings.HasPrefix(s, "&&") && !strings.HasPrefix(s, "||") {
+		clause := strings.TrimSpace(start[:len(start)-len(s)])
+		last := len(m.anyOf) - 1
+		m.anyOf[last] = append(m.anyOf[last], "#("+clause+")")
+		s = strings.TrimLeft(s, " ")
+		switch {
+		case s == "":
+			return m, nil
+		case strings.HasPrefix(s, "&&"):
+		case strings.HasPrefix(s, "||"):
+			m.anyOf = append(m.anyOf, nil)
+		default:
 			return nil, fmt.Errorf("match %q: expected && or || at %q", cond, s)
 		}
 		s = s[2:]
@@ -188,7 +201,19 @@ func (m *matcher) match(data []byte) bool {
 		return true
 	}
 	m.buf = append(append(append(m.buf[:0], '['), data...), ']')
-	return gjson.GetBytes(m.buf, m.query).Exists()
+	for _, all := range m.anyOf {
+		ok := true
+		for _, q := range all {
+			if !gjson.GetBytes(m.buf, q).Exists() {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // feedLine returns e as one NDJSON line's JSON: the value verbatim unless
@@ -233,8 +258,7 @@ func (s *server) feed(c echo.Context) error {
 		from = first
 	}
 	if from < first {
-		return c.JSON(http.StatusGone, map[string]any{
-			"error": fmt.Sprintf("index %d is below the first retained index %d", from, first), "first": first})
+		return fmt.Errorf("feed from %d: %w", from, ErrCompacted)
 	}
 
 	w := c.Response()

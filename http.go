@@ -110,6 +110,9 @@ func (s *server) handleError(err error, c echo.Context) {
 		c.Response().Header().Set("Retry-After", "1")
 	case errors.Is(err, ErrCompacted):
 		code = http.StatusGone
+		first, _ := s.n.learner.Bounds()
+		c.JSON(code, map[string]any{"error": msg, "first": first})
+		return
 	case errors.Is(err, ErrPastEnd):
 		code = http.StatusNotFound
 	case errors.Is(err, ErrUnauthorized):
@@ -174,14 +177,31 @@ func parseIndex(name, v string) (Index, error) {
 	return Index(i), nil
 }
 
+// parseStale reads the stale=true|false query parameter.
+func parseStale(c echo.Context) (bool, error) {
+	v := c.QueryParam("stale")
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, badRequest("stale must be true or false, got %q", v)
+	}
+	return b, nil
+}
+
 // readOne: GET /v1/log/<i>, from local state.
 func (s *server) readOne(c echo.Context) error {
 	i, err := parseIndex("index", c.Param("index"))
 	if err != nil {
 		return err
 	}
+	stale, err := parseStale(c)
+	if err != nil {
+		return err
+	}
 	e, err := s.n.learner.Get(i)
-	if errors.Is(err, ErrPastEnd) && c.QueryParam("stale") != "true" {
+	if errors.Is(err, ErrPastEnd) && !stale {
 		// Maybe chosen but not yet learned here: catch up, then look again.
 		if err := s.n.ReadBarrier(c.Request().Context()); err != nil {
 			return err
@@ -199,13 +219,9 @@ func (s *server) readOne(c echo.Context) error {
 func (s *server) readRange(c echo.Context) error {
 	const defaultLimit, maxLimit = 100, 1000
 	q := c.QueryParams()
-	stale := false
-	if v := q.Get("stale"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return badRequest("stale must be true or false, got %q", v)
-		}
-		stale = b
+	stale, err := parseStale(c)
+	if err != nil {
+		return err
 	}
 	limit := defaultLimit
 	if v := q.Get("limit"); v != "" {
