@@ -84,6 +84,9 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 	v1.GET("/feed", s.feed)
 	v1.GET("/status", func(c echo.Context) error { return c.JSON(http.StatusOK, n.Status()) })
 
+	admin := v1.Group("/admin", s.requireKey)
+	admin.POST("/compact", s.compact)
+
 	peers := e.Group("/paxos", s.requireKey)
 	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex} {
 		peers.POST("/"+m, s.peer(m))
@@ -261,6 +264,25 @@ func (s *server) readRange(c echo.Context) error {
 	}
 	b = fmt.Appendf(b, `],"first":%d,"last":%d}`, first, last)
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// compact: POST /v1/admin/compact?before=i drops this node's entries
+// below i (keeping at least the dedup window, cutting at a slot's first
+// entry) and answers the first retained index.
+func (s *server) compact(c echo.Context) error {
+	before, err := parseIndex("before", c.QueryParam("before"))
+	if err != nil {
+		return err
+	}
+	if _, last := s.n.learner.Bounds(); before > last+1 {
+		return badRequest("before must be at most last+1 = %d, got %d", last+1, before)
+	}
+	first, err := s.n.learner.compactBefore(before)
+	if err != nil {
+		s.n.fatal(err)
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]Index{"first": first})
 }
 
 // requireKey refuses peer requests without the cluster key (401).

@@ -27,27 +27,35 @@ import (
 //     holds the same entry at every index.
 //   - L3: records for a slot are written in one batch; a batch cut short by
 //     a crash is dropped whole on open and re-learned.
+//   - L4: retention keeps at least the dedup window's entries and cuts only
+//     at the first entry of a slot. So a node that installs a peer's
+//     compacted prefix (an empty log whose numbering starts at the peer's
+//     first index, applied up to the slot before it) learns every entry
+//     that its later dedup decisions look at from the peer's log.
 
-// dedupWindow is how many of the latest indices are searched for an
-// entry's identity (its Idempotency-Key, or else its id) before it is given
-// a new index. Nodes resend entries only within RequestTimeout, far fewer
-// appends than this at any rate reached; an Idempotency-Key is remembered
-// for the dedupWindow entries that follow it. The window is a constant on
-// purpose: it must be the same on every node (invariant L2).
-const dedupWindow = 1 << 18
+// defaultDedupWindow is how many of the latest indices are searched for
+// an entry's identity (its Idempotency-Key, or else its id) before it is
+// given a new index. Nodes resend entries only within RequestTimeout, far
+// fewer appends than this at any rate reached; an Idempotency-Key is
+// remembered for the window's entries that follow it. The window must be
+// the same on every node (invariant L2), so it is no flag; tests shrink it
+// through Config.DedupWindow.
+const defaultDedupWindow = 1 << 18
 
 // catchupBatch is the most entries one catch-up reply carries.
 const catchupBatch = 1024
 
 // learnerRecord is one journal record of the client log, stored as
 //
-//	uvarint(slot) uvarint(pos) uvarint(n) id[16] uvarint(len(key)) key data...
+//	uvarint(slot) uvarint(pos) uvarint(n) uvarint(unix nanos) id[16] uvarint(len(key)) key data...
 //
-// where pos is the entry's place among the n entries its slot added.
+// where pos is the entry's place among the n entries its slot added and
+// the time is when this node applied it (for retention by age).
 type learnerRecord struct {
 	Slot Slot
 	Pos  int
 	N    int
+	Time int64
 	ID   EntryID
 	Key  string
 	Data []byte
@@ -58,6 +66,7 @@ func (r learnerRecord) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.Slot))
 	b = binary.AppendUvarint(b, uint64(r.Pos))
 	b = binary.AppendUvarint(b, uint64(r.N))
+	b = binary.AppendUvarint(b, uint64(r.Time))
 	b = append(b, r.ID[:]...)
 	b = binary.AppendUvarint(b, uint64(len(r.Key)))
 	b = append(b, r.Key...)
@@ -68,7 +77,7 @@ var errBadRecord = errors.New("malformed client log record")
 
 func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 	var r learnerRecord
-	var vals [3]uint64
+	var vals [4]uint64
 	for i := range vals {
 		v, n := binary.Uvarint(b)
 		if n <= 0 {
@@ -79,7 +88,7 @@ func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 	if len(b) < len(r.ID) || vals[1] >= vals[2] {
 		return r, errBadRecord
 	}
-	r.Slot, r.Pos, r.N = Slot(vals[0]), int(vals[1]), int(vals[2])
+	r.Slot, r.Pos, r.N, r.Time = Slot(vals[0]), int(vals[1]), int(vals[2]), int64(vals[3])
 	copy(r.ID[:], b)
 	b = b[len(r.ID):]
 	klen, n := binary.Uvarint(b)
@@ -118,8 +127,9 @@ type Learner struct {
 	pending     map[Slot]Value          // chosen, waiting for the slots before them
 	knownCommit Slot                    // highest slot known chosen
 	commitFrom  NodeID                  // who said so: the peer to catch up from
-	recent      map[string]appliedEntry // identity -> where it went, last dedupWindow indices
-	ring        []string                // ring[i%dedupWindow] = identity at index i
+	window      Index                   // the dedup window, in indices
+	recent      map[string]appliedEntry // identity -> where it went, last window indices
+	ring        []string                // ring[i%window] = identity at index i
 	waiters     map[string][]waiter     // identity -> appends waiting for it
 	notify      chan struct{}           // closed and replaced on every apply
 
@@ -127,7 +137,11 @@ type Learner struct {
 }
 
 func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*Learner, error) {
-	j, err := openJournal(dir, journalOptions{OnSync: onSync})
+	seg := n.cfg.SegmentBytes
+	if seg <= 0 {
+		seg = 4 << 20
+	}
+	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg})
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +149,8 @@ func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*
 		n: n, journal: j,
 		pending: make(map[Slot]Value),
 		recent:  make(map[string]appliedEntry),
-		ring:    make([]string, dedupWindow),
+		window:  Index(n.cfg.DedupWindow),
+		ring:    make([]string, n.cfg.DedupWindow),
 		waiters: make(map[string][]waiter),
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
@@ -174,9 +189,11 @@ func (l *Learner) load(floor Slot) error {
 	}
 	l.applied = max(l.applied, floor)
 	l.knownCommit = l.applied
+	l.applied = max(l.applied, l.installedSlot())
+	l.knownCommit = l.applied
 	start := l.first
-	if l.last >= dedupWindow && l.last-dedupWindow+1 > start {
-		start = l.last - dedupWindow + 1
+	if l.last >= l.window && l.last-l.window+1 > start {
+		start = l.last - l.window + 1
 	}
 	for i := start; i <= l.last && l.last > 0; i++ {
 		rec, err := l.record(i)
@@ -218,14 +235,14 @@ type Applied struct {
 
 // remember records e at index i and forgets what fell out of the window.
 func (l *Learner) remember(i Index, e Entry) {
-	if i > dedupWindow {
-		old := l.ring[i%dedupWindow]
-		if a, ok := l.recent[old]; ok && a.index == i-dedupWindow {
+	if i > l.window {
+		old := l.ring[i%l.window]
+		if a, ok := l.recent[old]; ok && a.index == i-l.window {
 			delete(l.recent, old)
 		}
 	}
 	k := e.identity()
-	l.ring[i%dedupWindow] = k
+	l.ring[i%l.window] = k
 	l.recent[k] = appliedEntry{index: i, id: e.ID}
 }
 
@@ -292,8 +309,9 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	}
 	if len(fresh) > 0 {
 		payloads := make([][]byte, len(fresh))
+		now := time.Now().UnixNano()
 		for i, e := range fresh {
-			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), ID: e.ID, Key: e.Key, Data: e.Data}.encode()
+			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}.encode()
 		}
 		lastRec, err := l.journal.Append(payloads...)
 		if err != nil {
@@ -465,7 +483,7 @@ func (l *Learner) slotOf(i Index) (Slot, error) {
 
 // readChosen serves catch-up: chosen values for slots from `from` on, at
 // most about max entries, whole slots only.
-func (l *Learner) readChosen(from Slot, max int) (CatchupResp, error) {
+func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error) {
 	if max <= 0 || max > catchupBatch {
 		max = catchupBatch
 	}
@@ -475,6 +493,15 @@ func (l *Learner) readChosen(from Slot, max int) (CatchupResp, error) {
 	resp := CatchupResp{Through: from - 1}
 	if from > applied {
 		return resp, nil
+	}
+	if next > 0 && next < first {
+		// The entries the requester needs next are gone here: hand it the
+		// compacted prefix instead (L4).
+		s, err := l.slotOf(first)
+		if err != nil {
+			return resp, err
+		}
+		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1}, nil
 	}
 	// Binary search for the first index whose slot >= from.
 	lo, hi := first, last+1
@@ -493,7 +520,7 @@ func (l *Learner) readChosen(from Slot, max int) (CatchupResp, error) {
 	if lo == first && first > 1 {
 		if s, err := l.slotOf(first); err == nil && s > from {
 			// Entries between from and the retained prefix are gone.
-			return resp, ErrCompacted
+			return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1}, nil
 		}
 	}
 	count := 0
@@ -556,6 +583,8 @@ func (l *Learner) waitApplied(ctx context.Context, slot Slot, peer NodeID) error
 func (l *Learner) run(ctx context.Context) {
 	sync := time.NewTicker(200 * time.Millisecond)
 	defer sync.Stop()
+	retention := time.NewTicker(l.n.cfg.RetentionInterval)
+	defer retention.Stop()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	for {
@@ -565,6 +594,12 @@ func (l *Learner) run(ctx context.Context) {
 		case <-sync.C:
 			if err := l.journal.Sync(); err != nil {
 				l.n.fatal(fmt.Errorf("learner: %w", err))
+				return
+			}
+			continue
+		case <-retention.C:
+			if err := l.retain(); err != nil {
+				l.n.fatal(err)
 				return
 			}
 			continue
@@ -586,7 +621,7 @@ var errNoProgress = errors.New("catch-up made no progress")
 func (l *Learner) catchUp(ctx context.Context) error {
 	for {
 		l.mu.Lock()
-		from, target, peer := l.applied+1, l.knownCommit, l.commitFrom
+		from, target, peer, next := l.applied+1, l.knownCommit, l.commitFrom, l.last+1
 		l.mu.Unlock()
 		if from > target {
 			return nil
@@ -599,8 +634,15 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		}
 		cctx, cancel := context.WithTimeout(ctx, l.n.cfg.RequestTimeout)
 		var resp CatchupResp
-		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Max: catchupBatch}, &resp)
+		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Index: next, Max: catchupBatch}, &resp)
 		cancel()
+		if err == nil && resp.Compacted {
+			if err := l.installPrefix(resp.First, resp.FirstSlot); err != nil {
+				l.n.fatal(err)
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			l.mu.Lock()
 			if l.commitFrom == peer {
@@ -627,4 +669,125 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		}
 		l.chosen(vals...)
 	}
+}
+
+// installedSlot is the slot applied when the journal's numbering was last
+// reset by installPrefix (0 if never).
+func (l *Learner) installedSlot() Slot {
+	v, _ := strconv.ParseUint(string(l.journal.Meta()), 10, 64)
+	return Slot(v)
+}
+
+// installPrefix makes this node's client log continue at a peer's first
+// retained index: its own entries, all older than that, are dropped, and
+// every slot before firstSlot counts as applied. Used when a peer has
+// compacted away what this node would need to catch up entry by entry.
+func (l *Learner) installPrefix(first Index, firstSlot Slot) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last+1 >= first || firstSlot == 0 {
+		return nil // caught up meanwhile
+	}
+	applied := max(l.applied, firstSlot-1)
+	meta := strconv.AppendUint(nil, uint64(applied), 10)
+	if err := l.journal.Reset(uint64(first-1), meta); err != nil {
+		return fmt.Errorf("learner: install prefix at %d: %w", first, err)
+	}
+	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot)
+	l.first, l.last, l.applied = first, first-1, applied
+	if l.knownCommit < applied {
+		l.knownCommit = applied
+	}
+	for s := range l.pending {
+		if s <= applied {
+			delete(l.pending, s)
+		}
+	}
+	clear(l.recent)
+	clear(l.ring)
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.drainLocked(Ballot{}, 0)
+	return nil
+}
+
+// retain applies the retention policy: it moves the first retained index
+// forward to the most any limit asks for, within L4's bounds.
+func (l *Learner) retain() error {
+	cfg := l.n.cfg
+	if cfg.RetainEntries <= 0 && cfg.RetainAge <= 0 && cfg.RetainBytes <= 0 {
+		return nil
+	}
+	first, last := l.Bounds()
+	if last < first {
+		return nil
+	}
+	var cut Index
+	if cfg.RetainEntries > 0 && last >= Index(cfg.RetainEntries) {
+		cut = max(cut, last-Index(cfg.RetainEntries)+1)
+	}
+	if cfg.RetainAge > 0 {
+		oldest := time.Now().Add(-cfg.RetainAge).UnixNano()
+		lo, hi := first, last+1 // first index applied at or after oldest
+		for lo < hi {
+			mid := lo + (hi-lo)/2
+			rec, err := l.record(mid)
+			if err != nil {
+				return err
+			}
+			if rec.Time < oldest {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		cut = max(cut, lo)
+	}
+	if cfg.RetainBytes > 0 {
+		if size := dirSize(l.journal.dir); size > cfg.RetainBytes {
+			count := int64(last - first + 1)
+			drop := Index(count * (size - cfg.RetainBytes) / size)
+			cut = max(cut, first+drop)
+		}
+	}
+	_, err := l.compactBefore(cut)
+	return err
+}
+
+// compactBefore drops the entries below index cut, keeping at least the
+// dedup window's entries and cutting only where a slot's entries begin
+// (L4). It returns the first retained index.
+func (l *Learner) compactBefore(cut Index) (Index, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last+1 > l.window {
+		cut = min(cut, l.last+1-l.window)
+	} else {
+		cut = 0
+	}
+	for cut > l.first {
+		rec, err := l.record(cut)
+		if err != nil {
+			return l.first, err
+		}
+		if rec.Pos == 0 {
+			break
+		}
+		cut--
+	}
+	if cut <= l.first {
+		return l.first, nil
+	}
+	// Sync first: the records kept must be durable, so that after any
+	// crash the log still holds a record at or past cut, and with it the
+	// slot that maps slots to indices.
+	if err := l.journal.Sync(); err != nil {
+		return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+	}
+	if err := l.journal.TruncateFront(uint64(cut)); err != nil {
+		return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+	}
+	l.first = cut
+	l.n.metrics.firstIndex.Set(float64(cut))
+	return cut, nil
 }

@@ -89,28 +89,28 @@ func TestLearnerReadChosen(t *testing.T) {
 		SlotValue{Slot: 2}, // no-op
 		SlotValue{Slot: 3, Value: entryValue(`3`)},
 	)
-	resp, err := n.learner.readChosen(1, 100)
+	resp, err := n.learner.readChosen(1, 0, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.Through != 3 || len(resp.Values) != 2 || resp.Values[0].Slot != 1 || len(resp.Values[0].Value.Entries) != 2 || resp.Values[1].Slot != 3 {
 		t.Fatalf("readChosen(1) = %+v", resp)
 	}
-	resp, err = n.learner.readChosen(2, 1)
+	resp, err = n.learner.readChosen(2, 0, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.Through != 3 || len(resp.Values) != 1 || resp.Values[0].Slot != 3 {
 		t.Fatalf("readChosen(2) = %+v", resp)
 	}
-	resp, err = n.learner.readChosen(1, 1)
+	resp, err = n.learner.readChosen(1, 0, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.Through != 2 || len(resp.Values) != 1 {
 		t.Fatalf("readChosen(1, max 1) = %+v, want slot 1 only, through 2", resp)
 	}
-	resp, _ = n.learner.readChosen(4, 10)
+	resp, _ = n.learner.readChosen(4, 0, 10)
 	if resp.Through != 3 || len(resp.Values) != 0 {
 		t.Fatalf("readChosen past the end = %+v", resp)
 	}

@@ -43,6 +43,9 @@ type options struct {
 
 // Main runs paxoslog with args and returns the process's exit status.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "bench" {
+		return benchMain(ctx, args[1:], os.Stdout, stderr)
+	}
 	opts, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -73,6 +76,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	election := fs.Duration("election-timeout", 500*time.Millisecond, "silence before a follower campaigns (randomised up to twice this)")
 	reqTimeout := fs.Duration("request-timeout", 5*time.Second, "how long an append or read waits for a majority before 503")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	retainEntries := fs.Int("retain-entries", 0, "keep at most this many entries (0: no limit; at least 262144 are kept)")
+	retainAge := fs.Duration("retain-age", 0, "drop entries applied longer ago than this (0: no limit)")
+	retainBytes := fs.Int64("retain-bytes", 0, "keep the client log under about this many bytes on disk (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -94,6 +100,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.node = Config{
 		ID: NodeID(*id), DataDir: *data, MaxEntryBytes: *maxEntry,
 		HeartbeatInterval: *heartbeat, ElectionTimeout: *election, RequestTimeout: *reqTimeout,
+		RetainEntries: *retainEntries, RetainAge: *retainAge, RetainBytes: *retainBytes,
+	}
+	if *retainEntries < 0 || *retainAge < 0 || *retainBytes < 0 {
+		return nil, usagef("--retain-entries, --retain-age and --retain-bytes must not be negative")
 	}
 	if _, port, err := net.SplitHostPort(*listen); err != nil {
 		return nil, usagef("--listen must be host:port, got %q", *listen)

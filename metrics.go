@@ -13,6 +13,7 @@ type metrics struct {
 	appendErrors    prometheus.Counter
 	fsync           prometheus.Histogram
 	lastIndex       prometheus.Gauge
+	firstIndex      prometheus.Gauge
 	isLeader        prometheus.Gauge
 	leader          prometheus.Gauge
 	leaderChanges   prometheus.Counter
@@ -37,6 +38,10 @@ func newMetrics(n *Node) *metrics {
 			Name:    "paxoslog_fsync_duration_seconds",
 			Help:    "Duration of each fsync of the acceptor or learner journal.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}),
+		firstIndex: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "paxoslog_first_index",
+			Help: "First index retained on this node.",
 		}),
 		lastIndex: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "paxoslog_last_index",
@@ -67,7 +72,7 @@ func newMetrics(n *Node) *metrics {
 			Help: "Open /v1/feed streams on this node.",
 		}),
 	}
-	m.reg.MustRegister(m.idempotentHits, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
+	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -59,7 +59,7 @@ func (b Ballot) String() string { return fmt.Sprintf("%d.%d", b.Round, b.Node) }
 
 // EntryID names one client append for deduplication: the node that took it
 // plus random bits. The learner applies an entry whose id was applied within
-// the last dedupWindow indices as a duplicate (it gets no new index), which
+// the last Config.DedupWindow indices as a duplicate (it gets no new index), which
 // makes it safe for nodes to resend pending entries after a leader change.
 type EntryID [16]byte
 
@@ -200,18 +200,25 @@ type LearnResp struct {
 	Applied  Slot   `json:"applied"`
 }
 
-// CatchupReq asks for the chosen values of slots From, From+1, ….
+// CatchupReq asks for the chosen values of slots Slot, Slot+1, …; Index
+// is the next client index the requester lacks.
 type CatchupReq struct {
-	From NodeID `json:"from"`
-	Slot Slot   `json:"slot"`
-	Max  int    `json:"max"`
+	From  NodeID `json:"from"`
+	Slot  Slot   `json:"slot"`
+	Index Index  `json:"index"`
+	Max   int    `json:"max"`
 }
 
 // CatchupResp carries chosen values for slots in [req.Slot, Through]; a
-// slot in that range that is not listed was a no-op.
+// slot in that range that is not listed was a no-op. Compacted says the
+// peer no longer holds what the requester needs: it should continue from
+// the peer's first retained index First, whose slot is FirstSlot.
 type CatchupResp struct {
-	Values  []SlotValue `json:"values,omitempty"`
-	Through Slot        `json:"through"`
+	Values    []SlotValue `json:"values,omitempty"`
+	Through   Slot        `json:"through"`
+	Compacted bool        `json:"compacted,omitempty"`
+	First     Index       `json:"first,omitempty"`
+	FirstSlot Slot        `json:"first_slot,omitempty"`
 }
 
 // ForwardReq hands client entries taken by a follower to the leader.
@@ -298,6 +305,20 @@ type Config struct {
 	MaxInflight       int           // slots in phase 2 at once
 	CheckpointEvery   int           // acceptor records between journal compactions
 
+	// Retention of the client log (0: no limit). The node keeps at least
+	// DedupWindow entries whatever these say.
+	RetainEntries     int
+	RetainAge         time.Duration
+	RetainBytes       int64
+	RetentionInterval time.Duration // how often retention runs (default 5s)
+	// DedupWindow is the dedup window in indices; it must be equal on
+	// every node (default 2^18). Tests shrink it.
+	DedupWindow int
+	// SegmentBytes is the journals' segment file size (default 16 MiB for
+	// the acceptor, 4 MiB for the client log, so retention frees space in
+	// small steps).
+	SegmentBytes int
+
 	Logger *slog.Logger
 	// Seed seeds the node's election jitter; 0 picks one at random.
 	Seed int64
@@ -318,6 +339,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 16
+	}
+	if c.DedupWindow <= 0 {
+		c.DedupWindow = defaultDedupWindow
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = 5 * time.Second
 	}
 	if c.CheckpointEvery <= 0 {
 		c.CheckpointEvery = 4096
@@ -531,7 +558,7 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 	case methodCatchup:
 		var req CatchupReq
 		if err = json.Unmarshal(body, &req); err == nil {
-			resp, err = n.learner.readChosen(req.Slot, req.Max)
+			resp, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
 		}
 	case methodForward:
 		var req ForwardReq

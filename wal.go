@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +27,11 @@ import (
 //	crc32c(payload) (4 bytes, little endian) || payload
 //
 // so that a record torn or zero-filled by a crash is recognised on open.
+//
+// Numbering: journal numbers are tidwall/wal's record numbers plus a base
+// (0 unless Reset gave one, kept in the file BASE beside the segments), so
+// a journal can restart its numbering at any point: the learner does this
+// when it installs a peer's compacted prefix.
 
 var (
 	// errJournalClosed is returned by every journal call after close.
@@ -57,6 +64,8 @@ type journal struct {
 	syncMu sync.Mutex // serialises syncs; held without mu during fsync
 
 	mu       sync.Mutex // protects the fields below and serialises writes
+	base     uint64     // journal number = tidwall record number + base
+	meta     []byte     // opaque data stored with base
 	log      *wal.Log
 	err      error  // sticky write/sync error
 	synced   uint64 // every record <= synced is on disk
@@ -75,15 +84,8 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
-	wopts := &wal.Options{
-		NoSync:           true, // we sync explicitly, once per batch
-		SegmentSize:      opts.SegmentSize,
-		LogFormat:        wal.Binary,
-		SegmentCacheSize: 2,
-		AllowEmpty:       true,
-		DirPerms:         0o750,
-		FilePerms:        0o640,
-	}
+	j := &journal{dir: dir, opts: opts}
+	wopts := j.walOptions()
 	l, err := wal.Open(dir, wopts)
 	if errors.Is(err, wal.ErrCorrupt) {
 		// A partial record at the end of the last segment: cut it off.
@@ -95,7 +97,11 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
-	j := &journal{dir: dir, opts: opts, log: l}
+	j.log = l
+	if err := j.loadBase(); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
 	if err := j.trimBadTail(); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
@@ -108,6 +114,18 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 		return nil, fmt.Errorf("open journal %s: sync dir: %w", dir, err)
 	}
 	return j, nil
+}
+
+func (j *journal) walOptions() *wal.Options {
+	return &wal.Options{
+		NoSync:           true, // we sync explicitly, once per batch
+		SegmentSize:      j.opts.SegmentSize,
+		LogFormat:        wal.Binary,
+		SegmentCacheSize: 2,
+		AllowEmpty:       true,
+		DirPerms:         0o750,
+		FilePerms:        0o640,
+	}
 }
 
 // trimBadTail drops trailing records whose checksum fails (zero-filled or
@@ -251,7 +269,7 @@ func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 	if err := j.log.WriteBatch(&j.batch); err != nil {
 		return 0, j.fail(fmt.Errorf("append at %d: %w", last+1, err))
 	}
-	return last + uint64(len(payloads)), nil
+	return last + uint64(len(payloads)) + j.base, nil
 }
 
 // Sync makes every record appended so far durable.
@@ -261,6 +279,7 @@ func (j *journal) Sync() error {
 	if j.log != nil {
 		last, _ = j.log.LastIndex()
 	}
+	last += j.base
 	j.mu.Unlock()
 	return j.SyncTo(last)
 }
@@ -280,7 +299,7 @@ func (j *journal) SyncTo(n uint64) error {
 		j.mu.Unlock()
 		return errJournalClosed
 	}
-	if j.synced >= n {
+	if j.synced+j.base >= n {
 		j.mu.Unlock()
 		return nil
 	}
@@ -319,7 +338,7 @@ func (j *journal) SyncTo(n uint64) error {
 func (j *journal) Synced() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.synced
+	return j.synced + j.base
 }
 
 func (j *journal) fail(err error) error {
@@ -333,12 +352,15 @@ func (j *journal) fail(err error) error {
 // below First and past Last; callers compare with those to tell which.
 func (j *journal) Read(n uint64) ([]byte, error) {
 	j.mu.Lock()
-	l := j.log
+	l, base := j.log, j.base
 	j.mu.Unlock()
 	if l == nil {
 		return nil, errJournalClosed
 	}
-	raw, err := l.Read(n)
+	if n <= base {
+		return nil, errNotFound
+	}
+	raw, err := l.Read(n - base)
 	if err != nil {
 		if errors.Is(err, wal.ErrNotFound) {
 			return nil, errNotFound
@@ -361,11 +383,11 @@ func (j *journal) Bounds() (first, last uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.log == nil {
-		return 1, 0
+		return j.base + 1, j.base
 	}
 	first, _ = j.log.FirstIndex()
 	last, _ = j.log.LastIndex()
-	return first, last
+	return first + j.base, last + j.base
 }
 
 // TruncateFront drops every record before n. tidwall/wal makes this crash
@@ -379,7 +401,7 @@ func (j *journal) TruncateFront(n uint64) error {
 	if j.log == nil {
 		return errJournalClosed
 	}
-	if err := j.log.TruncateFront(n); err != nil {
+	if err := j.log.TruncateFront(n - j.base); err != nil {
 		return j.fail(fmt.Errorf("truncate front to %d: %w", n, err))
 	}
 	j.segCount, j.segBytes = segmentStats(j.dir)
@@ -396,11 +418,11 @@ func (j *journal) TruncateBack(n uint64) error {
 	if j.log == nil {
 		return errJournalClosed
 	}
-	if err := j.log.TruncateBack(n); err != nil {
+	if err := j.log.TruncateBack(n - j.base); err != nil {
 		return j.fail(fmt.Errorf("truncate back to %d: %w", n, err))
 	}
-	if j.synced > n {
-		j.synced = n
+	if j.synced > n-j.base {
+		j.synced = n - j.base
 	}
 	j.segCount, j.segBytes = segmentStats(j.dir)
 	if err := j.log.Sync(); err != nil {
@@ -430,15 +452,114 @@ func (j *journal) crash() error {
 	if j.log == nil {
 		return nil
 	}
+	first, _ := j.log.FirstIndex()
 	last, _ := j.log.LastIndex()
-	if last > j.synced {
-		if err := j.log.TruncateBack(j.synced); err != nil && !errors.Is(err, wal.ErrCorrupt) {
+	keep := max(j.synced, first-1) // records before first are gone already
+	if last > keep {
+		if err := j.log.TruncateBack(keep); err != nil && !errors.Is(err, wal.ErrCorrupt) {
 			return err
 		}
 	}
 	err := j.log.Close()
 	j.log = nil
 	return err
+}
+
+// baseFile holds a journal's base and meta: "<base>\n<meta>".
+const baseFile = "BASE"
+
+func (j *journal) loadBase() error {
+	b, err := os.ReadFile(filepath.Join(j.dir, baseFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	head, meta, _ := bytes.Cut(b, []byte("\n"))
+	base, err := strconv.ParseUint(string(head), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%s: %w", baseFile, err)
+	}
+	j.base, j.meta = base, meta
+	return nil
+}
+
+// Meta returns the data stored with the base by Reset.
+func (j *journal) Meta() []byte {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.meta
+}
+
+// Reset drops every record and restarts numbering: the next record is
+// base+1. meta is stored with the base. A crash part way leaves the old
+// base with a suffix of the old segments (oldest are removed first) or
+// with none: states the learner treats like a compacted or an empty log
+// and repairs by catching up again.
+func (j *journal) Reset(base uint64, meta []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return j.err
+	}
+	if j.log == nil {
+		return errJournalClosed
+	}
+	if err := j.log.Close(); err != nil {
+		return j.fail(fmt.Errorf("reset: close: %w", err))
+	}
+	j.log = nil
+	tmp := filepath.Join(j.dir, baseFile+".tmp")
+	body := append(strconv.AppendUint(nil, base, 10), '\n')
+	body = append(body, meta...)
+	if err := writeFileSync(tmp, body); err != nil {
+		return j.fail(fmt.Errorf("reset: %w", err))
+	}
+	segs, err := segmentFiles(j.dir)
+	if err != nil {
+		return j.fail(fmt.Errorf("reset: %w", err))
+	}
+	ents, _ := os.ReadDir(j.dir)
+	for _, e := range ents { // leftovers of an interrupted truncation too
+		if n := e.Name(); strings.HasSuffix(n, ".START") || strings.HasSuffix(n, ".END") {
+			segs = append(segs, filepath.Join(j.dir, n))
+		}
+	}
+	for _, p := range segs {
+		if err := os.Remove(p); err != nil {
+			return j.fail(fmt.Errorf("reset: %w", err))
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(j.dir, baseFile)); err != nil {
+		return j.fail(fmt.Errorf("reset: %w", err))
+	}
+	if err := syncDir(j.dir); err != nil {
+		return j.fail(fmt.Errorf("reset: sync dir: %w", err))
+	}
+	l, err := wal.Open(j.dir, j.walOptions())
+	if err != nil {
+		return j.fail(fmt.Errorf("reset: reopen: %w", err))
+	}
+	j.log, j.base, j.meta, j.synced = l, base, meta, 0
+	j.segCount, j.segBytes = segmentStats(j.dir)
+	return nil
+}
+
+func writeFileSync(path string, body []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // dirSize reports the bytes used by the files in dir, for status.

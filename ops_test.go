@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ops_test.go: retention and compaction.
+
+func retentionConfig(c *Config) {
+	c.DedupWindow = 32
+	c.RetainEntries = 40
+	c.RetentionInterval = 20 * time.Millisecond
+	c.SegmentBytes = 4096
+	c.CheckpointEvery = 32
+}
+
+// A node down while the others compact past everything it has catches up
+// from their compacted prefix, and then serves as part of a majority.
+func TestCompactionWithLaggingNode(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), retentionConfig)
+	leader := c.leader(5 * time.Second)
+	lagging := leader%3 + 1
+	c.crash(lagging)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100; i++ {
+				key := ""
+				if i%3 == 0 {
+					key = fmt.Sprintf("k%d-%d", w, i)
+				}
+				if _, err := c.appendKeyed(context.Background(), leader, fmt.Sprintf(`{"w":%d,"i":%d}`, w, i), key); err != nil {
+					t.Errorf("append: %v", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 10*time.Second, "the leader to compact", func() bool {
+		first, _ := c.node(leader).learner.Bounds()
+		return first > 100
+	})
+	c.start(lagging)
+	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
+		_, l1 := c.node(leader).learner.Bounds()
+		_, l2 := c.node(lagging).learner.Bounds()
+		return l1 == l2
+	})
+	if first, _ := c.node(lagging).learner.Bounds(); first <= 1 {
+		t.Fatalf("lagging node's first index is %d: it did not install the compacted prefix", first)
+	}
+	// Now it must carry its share: take another node away and go on. A key
+	// appended just before is still in the window: its retry through the
+	// caught-up node is a duplicate there too.
+	first, err := c.appendKeyed(context.Background(), leader, `"keyed-before"`, "kb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := 6 - leader - lagging
+	c.crash(other)
+	for i := 0; i < 30; i++ {
+		c.mustAppend(lagging, fmt.Sprintf(`{"after":%d}`, i))
+		if i == 10 {
+			again, err := c.appendKeyed(context.Background(), lagging, `"keyed-before"`, "kb")
+			if err != nil || again.Index != first.Index || !again.Duplicate {
+				t.Fatalf("retry through the caught-up node: %+v %v, want index %d duplicate", again, err, first.Index)
+			}
+		}
+	}
+	c.start(other)
+	c.check()
+}
+
+// Disk use stays flat under constant load once retention has something
+// to drop.
+func TestDiskBoundedUnderLoad(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		retentionConfig(cfg)
+		cfg.RetainEntries = 100
+	})
+	leader := c.leader(5 * time.Second)
+	var samples []int64
+	for round := 0; round < 12; round++ {
+		for i := 0; i < 150; i++ {
+			c.mustAppend(leader, fmt.Sprintf(`{"round":%d,"i":%d,"pad":"%0100d"}`, round, i, i))
+		}
+		_, last := c.node(leader).learner.Bounds()
+		waitFor(t, 10*time.Second, "retention to catch up", func() bool {
+			first, _ := c.node(leader).learner.Bounds()
+			return last-first < 300
+		})
+		samples = append(samples, dirSize(c.dirs[leader]))
+	}
+	t.Logf("leader data dir bytes per round: %v", samples)
+	warm := samples[3]
+	for i, s := range samples[4:] {
+		if s > 2*warm {
+			t.Fatalf("round %d: %d bytes, more than twice the %d after warm-up: disk use grows", i+4, s, warm)
+		}
+	}
+	c.check()
+}
+
+// POST /v1/admin/compact needs the cluster key and moves the first index.
+func TestHTTPAdminCompact(t *testing.T) {
+	const key = "adm1n"
+	hc := startHTTPCluster(t, 1, key, func(c *Config) {
+		c.DedupWindow = 8
+	})
+	for i := 0; i < 30; i++ {
+		if r := do(t, "POST", hc.urls[1]+"/v1/log", fmt.Sprintf(`{"i":%d}`, i), nil); r.code != 201 {
+			t.Fatalf("append: %d %s", r.code, r.raw)
+		}
+	}
+	if r := do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=10", "", nil); r.code != http.StatusUnauthorized {
+		t.Fatalf("compact without key: %d %s", r.code, r.raw)
+	}
+	auth := map[string]string{"Authorization": "Bearer " + key}
+	if r := do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=99", "", auth); r.code != 400 {
+		t.Fatalf("compact past the end: %d %s", r.code, r.raw)
+	}
+	r := do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=10", "", auth)
+	if r.code != 200 || r.body["first"].(float64) != 10 {
+		t.Fatalf("compact: %d %s", r.code, r.raw)
+	}
+	// The dedup window bounds it: 30 entries, window 8 -> first at most 23.
+	r = do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=31", "", auth)
+	if r.code != 200 || r.body["first"].(float64) != 23 {
+		t.Fatalf("compact to the end: %d %s", r.code, r.raw)
+	}
+	if g := do(t, "GET", hc.urls[1]+"/v1/log/22", "", nil); g.code != 410 || g.body["first"].(float64) != 23 {
+		t.Fatalf("read below first: %d %s", g.code, g.raw)
+	}
+	if g := do(t, "GET", hc.urls[1]+"/v1/log/23", "", nil); g.code != 200 {
+		t.Fatalf("read first: %d %s", g.code, g.raw)
+	}
+	st := do(t, "GET", hc.urls[1]+"/v1/status", "", nil)
+	if st.body["first"].(float64) != 23 {
+		t.Fatalf("status after compaction: %s", st.raw)
+	}
+}
+
+// Retention by age drops what was applied longer ago than the limit.
+func TestRetentionByAge(t *testing.T) {
+	n, err := NewNode(Config{ID: 1, DataDir: t.TempDir(), DedupWindow: 4, RetainAge: 50 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	n.learner.chosen(SlotValue{Slot: 1, Value: entryValue(`1`, `2`, `3`)}, SlotValue{Slot: 2, Value: entryValue(`4`, `5`, `6`)})
+	old := time.Now()
+	waitFor(t, 5*time.Second, "the entries to age", func() bool { return time.Since(old) > 60*time.Millisecond })
+	n.learner.chosen(SlotValue{Slot: 3, Value: entryValue(`7`, `8`)}, SlotValue{Slot: 4, Value: entryValue(`9`, `10`, `11`)})
+	if err := n.learner.retain(); err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := n.learner.Bounds(); first != 7 {
+		t.Fatalf("first = %d after retention by age, want 7 (the first young entry)", first)
+	}
+}
