@@ -299,7 +299,7 @@ func (a *Acceptor) compact(floor Slot) error {
 // enough records have built up and the learner has stored more slots.
 func (a *Acceptor) run(n *Node) func(context.Context) {
 	return func(ctx context.Context) {
-		t := time.NewTicker(250 * time.Millisecond)
+		t := time.NewTicker(min(250*time.Millisecond, n.cfg.RetentionInterval))
 		defer t.Stop()
 		for {
 			select {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -181,7 +182,14 @@ type testCluster struct {
 }
 
 func testConfig() Config {
+	var logger *slog.Logger
+	if v := os.Getenv("PAXOSLOG_TEST_LOG"); v != "" { // debug, info, warn or error
+		var level slog.Level
+		level.UnmarshalText([]byte(v))
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
 	return Config{
+		Logger:            logger,
 		HeartbeatInterval: 10 * time.Millisecond,
 		ElectionTimeout:   80 * time.Millisecond,
 		RequestTimeout:    3 * time.Second,
@@ -406,19 +414,35 @@ func (c *testCluster) mustAppend(id NodeID, data string) Index {
 	return idx
 }
 
-// entry returns the data strings of a node's whole log.
+// logOf returns the data strings of a node's retained log, from its first
+// retained index (retention may move it while this reads: then it reads
+// again).
 func logOf(t *testing.T, n *Node) []string {
 	t.Helper()
-	first, last := n.learner.Bounds()
-	var out []string
-	for i := first; i <= last; i++ {
-		e, err := n.learner.Get(i)
-		if err != nil {
-			t.Fatalf("node %d: index %d of %d..%d: %v", n.cfg.ID, i, first, last, err)
-		}
-		out = append(out, string(e.Data))
-	}
+	_, out := retainedLog(t, n)
 	return out
+}
+
+// retainedLog returns a node's first retained index and the entries from it.
+func retainedLog(t *testing.T, n *Node) (Index, []string) {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		first, last := n.learner.Bounds()
+		var out []string
+		var err error
+		for i := first; i <= last && err == nil; i++ {
+			var e LogEntry
+			if e, err = n.learner.Get(i); err == nil {
+				out = append(out, string(e.Data))
+			}
+		}
+		if err == nil {
+			return first, out
+		}
+		if !errors.Is(err, ErrCompacted) || attempt > 100 {
+			t.Fatalf("node %d: reading %d..%d: %v", n.cfg.ID, first, last, err)
+		}
+	}
 }
 
 // check waits for the live nodes to converge, then asserts the log
@@ -451,9 +475,8 @@ func (c *testCluster) check() {
 	refFrom := map[Index]NodeID{}
 	var maxLast Index
 	for _, id := range live {
-		n := c.node(id)
-		first, _ := n.learner.Bounds()
-		for k, d := range logOf(c.t, n) {
+		first, entries := retainedLog(c.t, c.node(id))
+		for k, d := range entries {
 			i := first + Index(k)
 			if prev, ok := ref[i]; ok && prev != d {
 				c.t.Fatalf("index %d: node %d has %s, node %d has %s", i, id, d, refFrom[i], prev)

@@ -335,6 +335,8 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		l.knownCommit = slot
 	}
 	l.n.metrics.lastIndex.Set(float64(l.last))
+	l.n.metrics.appliedSlot.Set(float64(l.applied))
+	l.n.metrics.commitSlot.Set(float64(l.knownCommit))
 	close(l.notify)
 	l.notify = make(chan struct{})
 	return nil
@@ -517,12 +519,9 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 			hi = mid
 		}
 	}
-	if lo == first && first > 1 {
-		if s, err := l.slotOf(first); err == nil && s > from {
-			// Entries between from and the retained prefix are gone.
-			return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1}, nil
-		}
-	}
+	// With next >= first, slots from `from` up to the slot of index lo
+	// hold no entries the requester lacks: they were no-ops (or held only
+	// duplicates) and are answered as such by their absence.
 	count := 0
 	for i := lo; i <= last; i++ {
 		rec, err := l.record(i)

@@ -11,7 +11,7 @@ type metrics struct {
 	reg             *prometheus.Registry
 	appendLatency   prometheus.Histogram
 	appendErrors    prometheus.Counter
-	fsync           prometheus.Histogram
+	fsync           *prometheus.HistogramVec
 	lastIndex       prometheus.Gauge
 	firstIndex      prometheus.Gauge
 	isLeader        prometheus.Gauge
@@ -20,6 +20,12 @@ type metrics struct {
 	peerErrors      *prometheus.CounterVec
 	idempotentHits  prometheus.Counter
 	feedSubscribers prometheus.Gauge
+	readLatency     prometheus.Histogram
+	batchSize       prometheus.Histogram
+	appliedSlot     prometheus.Gauge
+	commitSlot      prometheus.Gauge
+	ballotRound     prometheus.Gauge
+	peerLatency     *prometheus.HistogramVec
 }
 
 func newMetrics(n *Node) *metrics {
@@ -34,11 +40,11 @@ func newMetrics(n *Node) *metrics {
 			Name: "paxoslog_append_failures_total",
 			Help: "Appends that ended without an index (timeout or shutdown).",
 		}),
-		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+		fsync: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "paxoslog_fsync_duration_seconds",
-			Help:    "Duration of each fsync of the acceptor or learner journal.",
+			Help:    "Duration of each fsync, by journal (acceptor or log).",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
-		}),
+		}, []string{"journal"}),
 		firstIndex: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "paxoslog_first_index",
 			Help: "First index retained on this node.",
@@ -72,6 +78,34 @@ func newMetrics(n *Node) *metrics {
 			Help: "Open /v1/feed streams on this node.",
 		}),
 	}
+	m.readLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "paxoslog_read_barrier_duration_seconds",
+		Help:    "Time a linearizable read waits to confirm it has every chosen entry.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "paxoslog_batch_entries",
+		Help:    "Entries per slot the leader proposes.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
+	m.appliedSlot = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_applied_slot",
+		Help: "Last Paxos slot applied to this node's log.",
+	})
+	m.commitSlot = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_commit_slot",
+		Help: "Highest Paxos slot this node knows is chosen.",
+	})
+	m.ballotRound = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_ballot_round",
+		Help: "Round of the highest ballot this node's acceptor has promised.",
+	})
+	m.peerLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "paxoslog_peer_request_duration_seconds",
+		Help:    "Duration of peer requests that got an answer, by peer and method.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	}, []string{"peer", "method"})
+	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

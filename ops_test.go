@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,11 +103,12 @@ func TestDiskBoundedUnderLoad(t *testing.T) {
 		samples = append(samples, dirSize(c.dirs[leader]))
 	}
 	t.Logf("leader data dir bytes per round: %v", samples)
-	warm := samples[3]
-	for i, s := range samples[4:] {
-		if s > 2*warm {
-			t.Fatalf("round %d: %d bytes, more than twice the %d after warm-up: disk use grows", i+4, s, warm)
-		}
+	// Segment files and asynchronous compaction make the size a sawtooth:
+	// compare peaks, early and late, and against the ~500 KB that the
+	// 1,800 appends would take kept whole in the two journals.
+	early, late := slices.Max(samples[2:7]), slices.Max(samples[7:])
+	if late > early*3 || late > 256<<10 {
+		t.Fatalf("peak disk use went from %d to %d bytes: retention does not bound it", early, late)
 	}
 	c.check()
 }
@@ -163,5 +168,125 @@ func TestRetentionByAge(t *testing.T) {
 	}
 	if first, _ := n.learner.Bounds(); first != 7 {
 		t.Fatalf("first = %d after retention by age, want 7 (the first young entry)", first)
+	}
+}
+
+// stopGracefully stops node id as SIGTERM does: hand leadership over and
+// let its appends finish, then stop.
+func (c *testCluster) stopGracefully(id NodeID) {
+	if n := c.node(id); n != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		n.Shutdown(ctx)
+		cancel()
+	}
+	c.crash(id)
+}
+
+// longestPause is the longest time within [from, to] in which no append
+// was acknowledged.
+func (l *load) longestPause(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	var ends []time.Time
+	for _, s := range l.spans {
+		if !s[1].Before(from) && !s[1].After(to) {
+			ends = append(ends, s[1])
+		}
+	}
+	l.mu.Unlock()
+	slices.SortFunc(ends, func(a, b time.Time) int { return a.Compare(b) })
+	prev, worst := from, time.Duration(0)
+	for _, e := range append(ends, to) {
+		worst = max(worst, e.Sub(prev))
+		prev = e
+	}
+	return worst
+}
+
+// A rolling restart of every node under load, leader included, loses no
+// append and, with leadership handed over, pauses appends for well under
+// an election timeout.
+func TestRollingRestart(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		cfg.ElectionTimeout = 300 * time.Millisecond
+	})
+	leader := c.leader(5 * time.Second)
+	l := c.startLoad(6)
+	waitFor(t, 10*time.Second, "load", func() bool { return l.acked() >= 50 })
+	order := []NodeID{leader%3 + 1, (leader+1)%3 + 1, leader} // the leader last
+	for _, id := range order {
+		wasLeader := false
+		if n := c.node(id); n != nil {
+			_, _, wasLeader = n.proposer.leaderInfo()
+		}
+		start := time.Now()
+		c.stopGracefully(id)
+		c.start(id)
+		base := l.acked()
+		waitFor(t, 10*time.Second, "appends after the restart", func() bool { return l.acked() >= base+30 })
+		pause := l.longestPause(start, time.Now())
+		t.Logf("restarted node %d (leader: %v): longest pause in acknowledgements %v", id, wasLeader, pause)
+		if wasLeader && pause >= c.cfg.ElectionTimeout {
+			t.Errorf("handing over leadership paused appends for %v, not less than the election timeout %v", pause, c.cfg.ElectionTimeout)
+		}
+	}
+	acks, fails := l.halt()
+	t.Logf("%d appends acknowledged, %d failed during the rolling restart", acks, fails)
+	c.check()
+}
+
+// scrape reads one series' value from a node's /metrics.
+func scrape(t *testing.T, n *Node, series string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	newHandler(n, handlerOptions{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// The metrics move as appends, reads and syncs happen.
+func TestMetricsMove(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	n := c.node(leader)
+	series := []string{
+		"paxoslog_append_duration_seconds_count",
+		"paxoslog_batch_entries_count",
+		`paxoslog_fsync_duration_seconds_count{journal="acceptor"}`,
+		"paxoslog_last_index",
+		"paxoslog_commit_slot",
+		"paxoslog_read_barrier_duration_seconds_count",
+	}
+	before := map[string]float64{}
+	for _, s := range series {
+		before[s] = scrape(t, n, s)
+	}
+	for i := 0; i < 10; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`{"m":%d}`, i))
+	}
+	if err := n.ReadBarrier(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range series {
+		if after := scrape(t, n, s); after <= before[s] {
+			t.Errorf("%s stayed at %v after 10 appends and a read", s, after)
+		}
+	}
+	if got := scrape(t, n, "paxoslog_is_leader"); got != 1 {
+		t.Errorf("paxoslog_is_leader = %v on the leader", got)
+	}
+	if got := scrape(t, n, "paxoslog_ballot_round"); got < 1 {
+		t.Errorf("paxoslog_ballot_round = %v", got)
+	}
+	st := n.Status()
+	if len(st.Peers) != 2 || st.Peers[0].LastContact < 0 || st.Peers[0].LastContact > 1 {
+		t.Errorf("leader's status lacks recent peer contact: %+v", st.Peers)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -123,12 +124,13 @@ type SlotValue struct {
 // The peer messages. Each has its own /paxos/<method> endpoint; the reply
 // types are the responses of those calls.
 const (
-	methodPrepare   = "prepare"
-	methodAccept    = "accept"
-	methodLearn     = "learn"
-	methodCatchup   = "catchup"
-	methodForward   = "forward"
-	methodReadIndex = "readindex"
+	methodPrepare    = "prepare"
+	methodAccept     = "accept"
+	methodLearn      = "learn"
+	methodCatchup    = "catchup"
+	methodForward    = "forward"
+	methodReadIndex  = "readindex"
+	methodTimeoutNow = "timeoutnow"
 )
 
 // PrepareReq is phase 1a for every slot from From on.
@@ -247,6 +249,16 @@ type ReadIndexResp struct {
 	Leader NodeID `json:"leader"`
 }
 
+// TimeoutNowReq asks a peer to campaign now: the leader is handing off.
+type TimeoutNowReq struct {
+	From NodeID `json:"from"`
+}
+
+// TimeoutNowResp acknowledges a TimeoutNowReq.
+type TimeoutNowResp struct {
+	OK bool `json:"ok"`
+}
+
 // Transport carries a request from one node to another and returns the
 // reply. Implementations: the HTTP transport (http.go) and the tests' fault
 // injecting in-memory network. A nil error means the peer handled the
@@ -319,6 +331,8 @@ type Config struct {
 	// small steps).
 	SegmentBytes int
 
+	SlowSync time.Duration // an fsync slower than this is logged as a warning (default 100ms)
+
 	Logger *slog.Logger
 	// Seed seeds the node's election jitter; 0 picks one at random.
 	Seed int64
@@ -342,6 +356,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DedupWindow <= 0 {
 		c.DedupWindow = defaultDedupWindow
+	}
+	if c.SlowSync <= 0 {
+		c.SlowSync = 100 * time.Millisecond
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 5 * time.Second
@@ -391,12 +408,19 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		fatalCh:   make(chan struct{}),
 	}
 	n.metrics = newMetrics(n)
-	onSync := func(d time.Duration) { n.metrics.fsync.Observe(d.Seconds()) }
-	acc, err := openAcceptor(filepath.Join(cfg.DataDir, "acceptor"), onSync)
+	syncObserver := func(journal string) func(time.Duration) {
+		return func(d time.Duration) {
+			n.metrics.fsync.WithLabelValues(journal).Observe(d.Seconds())
+			if d >= cfg.SlowSync {
+				n.log.Warn("slow fsync", "journal", journal, "duration", d)
+			}
+		}
+	}
+	acc, err := openAcceptor(filepath.Join(cfg.DataDir, "acceptor"), syncObserver("acceptor"))
 	if err != nil {
 		return nil, err
 	}
-	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), acc.Floor(), onSync)
+	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), acc.Floor(), syncObserver("log"))
 	if err != nil {
 		acc.close()
 		return nil, err
@@ -493,10 +517,14 @@ func (n *Node) call(ctx context.Context, to NodeID, method string, req, resp any
 	if to == n.cfg.ID {
 		out, err = n.Handle(ctx, method, body)
 	} else {
+		start := time.Now()
 		out, err = n.transport.Call(ctx, to, method, body)
+		if err == nil {
+			n.metrics.peerLatency.WithLabelValues(strconv.Itoa(int(to)), method).Observe(time.Since(start).Seconds())
+		}
 	}
 	if err != nil {
-		n.metrics.peerErrors.WithLabelValues(fmt.Sprint(to), method).Inc()
+		n.metrics.peerErrors.WithLabelValues(strconv.Itoa(int(to)), method).Inc()
 		return fmt.Errorf("%s to %d: %w", method, to, err)
 	}
 	if err := json.Unmarshal(out, resp); err != nil {
@@ -565,6 +593,11 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 		if err = json.Unmarshal(body, &req); err == nil {
 			resp = n.proposer.onForward(req)
 		}
+	case methodTimeoutNow:
+		var req TimeoutNowReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.proposer.onTimeoutNow(req)
+		}
 	case methodReadIndex:
 		var req ReadIndexReq
 		if err = json.Unmarshal(body, &req); err == nil {
@@ -586,6 +619,7 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 		return Promise{}, err
 	}
 	if p.OK {
+		n.metrics.ballotRound.Set(float64(req.Ballot.Round))
 		n.proposer.promisedTo(req.Ballot)
 	} else {
 		n.proposer.observe(req.Ballot)
@@ -657,6 +691,7 @@ func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, er
 func (n *Node) ReadBarrier(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	defer cancel()
+	defer func(start time.Time) { n.metrics.readLatency.Observe(time.Since(start).Seconds()) }(time.Now())
 	for {
 		slot, leader, err := n.proposer.readIndexAnywhere(ctx)
 		if err == nil {
@@ -689,18 +724,40 @@ func (n *Node) waitErr(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// Shutdown prepares a planned stop: a leader hands leadership to an
+// up-to-date peer, then the node waits (up to ctx) for the appends it took
+// to finish, so a rolling restart costs no election timeout. Run's context
+// is cancelled after it.
+func (n *Node) Shutdown(ctx context.Context) {
+	if to := n.proposer.handoff(ctx); to != 0 {
+		n.log.Info("handed leadership over", "to", to)
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for n.proposer.pendingCount() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.stopped:
+			return
+		case <-t.C: // polling a count that appends drain as they finish
+		}
+	}
+}
+
 // Status is a snapshot for /v1/status.
 type Status struct {
-	ID        NodeID   `json:"id"`
-	Leader    NodeID   `json:"leader"`
-	Ballot    string   `json:"ballot"`
-	IsLeader  bool     `json:"is_leader"`
-	First     Index    `json:"first"`
-	Last      Index    `json:"last"`
-	Applied   Slot     `json:"applied_slot"`
-	Commit    Slot     `json:"known_commit_slot"`
-	Members   []NodeID `json:"members"`
-	DiskBytes int64    `json:"disk_bytes"`
+	ID        NodeID       `json:"id"`
+	Leader    NodeID       `json:"leader"`
+	Ballot    string       `json:"ballot"`
+	IsLeader  bool         `json:"is_leader"`
+	First     Index        `json:"first"`
+	Last      Index        `json:"last"`
+	Applied   Slot         `json:"applied_slot"`
+	Commit    Slot         `json:"known_commit_slot"`
+	Members   []NodeID     `json:"members"`
+	Peers     []PeerStatus `json:"peers"`
+	DiskBytes int64        `json:"disk_bytes"`
 }
 
 // Status reports what this node knows now.
@@ -712,6 +769,6 @@ func (n *Node) Status() Status {
 	return Status{
 		ID: n.cfg.ID, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
 		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
-		Members: members, DiskBytes: dirSize(n.cfg.DataDir),
+		Members: members, Peers: n.proposer.peers(), DiskBytes: dirSize(n.cfg.DataDir),
 	}
 }

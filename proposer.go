@@ -44,21 +44,23 @@ type proposal struct {
 // stepping down and a new one is made for each ballot won. Guarded by
 // Proposer.mu.
 type leaderState struct {
-	ballot     Ballot
-	start      Slot // first slot this ballot decided (P3)
-	nextSlot   Slot // next slot for new values (P1)
-	commit     Slot // every slot <= commit is chosen
-	recoverTo  Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
-	inflight   map[Slot]*proposal
-	queue      []Entry
-	queued     map[EntryID]bool
-	contact    map[NodeID]time.Time // last OK heartbeat reply per peer
-	since      time.Time            // when leadership began
-	commitCh   chan struct{}        // closed and replaced when commit advances
-	done       chan struct{}        // closed when this leadership ends
-	nextRead   *readRound           // the read round that will start next
-	reading    bool                 // a readRounds goroutine runs
-	sentCommit map[NodeID]Slot      // highest commit an accept carried to each peer
+	ballot      Ballot
+	start       Slot // first slot this ballot decided (P3)
+	nextSlot    Slot // next slot for new values (P1)
+	commit      Slot // every slot <= commit is chosen
+	recoverTo   Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
+	inflight    map[Slot]*proposal
+	queue       []Entry
+	queued      map[EntryID]bool
+	contact     map[NodeID]time.Time // last OK heartbeat reply per peer
+	peerApplied map[NodeID]Slot      // last applied slot each peer reported
+	draining    bool                 // handing off: open no new slots
+	since       time.Time            // when leadership began
+	commitCh    chan struct{}        // closed and replaced when commit advances
+	done        chan struct{}        // closed when this leadership ends
+	nextRead    *readRound           // the read round that will start next
+	reading     bool                 // a readRounds goroutine runs
+	sentCommit  map[NodeID]Slot      // highest commit an accept carried to each peer
 }
 
 // pendingEntry is an append taken by this node, not yet applied here.
@@ -296,12 +298,13 @@ func (p *Proposer) forget(id EntryID) {
 // quarter batch or more opens another slot in parallel (pipelining).
 func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
 	var vals []SlotValue
-	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight {
+	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight && !ls.draining {
 		if len(ls.inflight) > 0 && len(ls.queue) < p.n.cfg.MaxBatch/4 {
 			break
 		}
 		k := min(len(ls.queue), p.n.cfg.MaxBatch)
 		v := Value{Entries: append([]Entry(nil), ls.queue[:k]...)}
+		p.n.metrics.batchSize.Observe(float64(k))
 		ls.queue = ls.queue[k:]
 		vals = append(vals, p.newProposalLocked(ls, ls.nextSlot, v))
 		ls.nextSlot++
@@ -524,7 +527,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 	ls := &leaderState{
 		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
 		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
-		contact: make(map[NodeID]time.Time), since: time.Now(),
+		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), since: time.Now(),
 		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
 	}
 	p.ls = ls
@@ -620,12 +623,18 @@ func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 				return
 			case <-t.C:
 			case <-ch:
-				// A commit advance: under load the next accept carries it, so
-				// give one a moment before sending a learn of our own.
-				select {
-				case <-time.After(learnDelay):
-				case <-ls.done:
-					return
+				// A commit advance. With more work under way the next accept
+				// carries it, so give one a moment; idle, tell the peer now
+				// (a follower's client is waiting to learn its entry).
+				p.mu.Lock()
+				busy := len(ls.queue) > 0 || len(ls.inflight) > 0
+				p.mu.Unlock()
+				if busy {
+					select {
+					case <-time.After(learnDelay):
+					case <-ls.done:
+						return
+					}
 				}
 				p.mu.Lock()
 				carried := ls.sentCommit[to] >= ls.commit
@@ -655,6 +664,7 @@ func (p *Proposer) sendLearn(ctx context.Context, ls *leaderState, to NodeID, co
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ls == ls {
+		ls.peerApplied[to] = resp.Applied
 		if resp.OK {
 			ls.contact[to] = time.Now()
 		} else if ls.ballot.Less(resp.Promised) {
@@ -825,4 +835,133 @@ func (p *Proposer) anyPeer() NodeID {
 		return 0
 	}
 	return others[p.rng.Intn(len(others))]
+}
+
+// PeerStatus is what this node knows of another member.
+type PeerStatus struct {
+	ID          NodeID  `json:"id"`
+	LastContact float64 `json:"last_contact_seconds_ago"` // -1: never, or not leading
+	Applied     Slot    `json:"applied_slot"`
+	Lag         Slot    `json:"lag_slots"` // slots behind this leader's commit
+}
+
+// peers reports, on the leader, each peer's last contact and lag.
+func (p *Proposer) peers() []PeerStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []PeerStatus
+	for _, id := range p.n.cfg.Members {
+		if id == p.n.cfg.ID {
+			continue
+		}
+		ps := PeerStatus{ID: id, LastContact: -1}
+		if ls := p.ls; ls != nil {
+			if t, ok := ls.contact[id]; ok {
+				ps.LastContact = time.Since(t).Seconds()
+			}
+			ps.Applied = ls.peerApplied[id]
+			if ls.commit > ps.Applied {
+				ps.Lag = ls.commit - ps.Applied
+			}
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+// handoff, on the leader, passes leadership to the most up-to-date peer
+// that answers: it stops opening slots, lets the ones in flight finish
+// (up to ctx), steps down and tells the peer to campaign now, so the
+// cluster does not wait out an election timeout. It returns the peer, or
+// 0 if this node did not lead or no peer took over.
+func (p *Proposer) handoff(ctx context.Context) NodeID {
+	p.mu.Lock()
+	ls := p.ls
+	if ls == nil {
+		p.mu.Unlock()
+		return 0
+	}
+	ls.draining = true
+	p.mu.Unlock()
+	for {
+		p.mu.Lock()
+		idle, ch := len(ls.inflight) == 0, ls.commitCh
+		p.mu.Unlock()
+		if idle {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ls.done:
+			return 0
+		case <-ctx.Done():
+			return 0
+		}
+	}
+	// Pick the peer that has applied the most, waiting a little for one
+	// that has applied everything: it can lead without catching up first.
+	var target NodeID
+	tick := time.NewTicker(p.n.cfg.HeartbeatInterval / 4)
+	defer tick.Stop()
+	for {
+		p.mu.Lock()
+		var best Slot
+		target = 0
+		now := time.Now()
+		for _, id := range p.n.cfg.Members {
+			t, ok := ls.contact[id]
+			if id == p.n.cfg.ID || !ok || now.Sub(t) > p.n.cfg.ElectionTimeout {
+				continue
+			}
+			if a := ls.peerApplied[id]; target == 0 || a > best {
+				target, best = id, a
+			}
+		}
+		caughtUp := target != 0 && best >= ls.commit
+		if p.ls != ls {
+			p.mu.Unlock()
+			return 0
+		}
+		if caughtUp {
+			break
+		}
+		p.mu.Unlock()
+		select {
+		case <-tick.C: // heartbeat replies update peerApplied
+			continue
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		break
+	}
+	p.stepDownLocked(fmt.Sprintf("handing leadership to %d", target))
+	p.electionDeadline = time.Now().Add(4 * p.n.cfg.ElectionTimeout) // let the target win
+	p.mu.Unlock()
+	if target == 0 {
+		return 0
+	}
+	var resp TimeoutNowResp
+	if err := p.n.call(ctx, target, methodTimeoutNow, TimeoutNowReq{From: p.n.cfg.ID}, &resp); err != nil {
+		p.n.log.Warn("handoff failed", "to", target, "err", err)
+		return 0
+	}
+	return target
+}
+
+// onTimeoutNow: the leader is stepping down and asks this node to
+// campaign at once.
+func (p *Proposer) onTimeoutNow(req TimeoutNowReq) TimeoutNowResp {
+	p.mu.Lock()
+	p.electionDeadline = time.Now()
+	p.mu.Unlock()
+	p.n.log.Info("campaigning at the leader's request", "from", req.From)
+	p.wake()
+	return TimeoutNowResp{OK: true}
+}
+
+// pendingCount is how many appends taken here are still waiting.
+func (p *Proposer) pendingCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending)
 }
