@@ -442,6 +442,11 @@ func (l *Learner) Get(i Index) (LogEntry, error) {
 		return LogEntry{}, ErrPastEnd
 	}
 	rec, err := l.record(i)
+	if errors.Is(err, errNotFound) {
+		if first, _ := l.Bounds(); i < first {
+			return LogEntry{}, ErrCompacted // retention moved first meanwhile
+		}
+	}
 	if err != nil {
 		return LogEntry{}, err
 	}

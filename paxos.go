@@ -477,6 +477,13 @@ func (n *Node) crash() error {
 
 // fatal records a storage error: the node stops, a restart recovers.
 func (n *Node) fatal(err error) {
+	select {
+	case <-n.stopped:
+		if errors.Is(err, errJournalClosed) {
+			return // late work of a stopping node, not a storage failure
+		}
+	default:
+	}
 	n.fatalMu.Lock()
 	defer n.fatalMu.Unlock()
 	if n.fatalErr == nil {

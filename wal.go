@@ -62,6 +62,13 @@ type journal struct {
 	opts journalOptions
 
 	syncMu sync.Mutex // serialises syncs; held without mu during fsync
+	// readMu serialises reads. tidwall/wal v1.2.1's Read holds only a read
+	// lock while it loads a segment into its cache and updates the cache,
+	// so two concurrent Reads that miss the cache race and can return the
+	// wrong record (found by the race detector under TestDiskBoundedUnderLoad:
+	// a catch-up read returned another index's slot, and a node put entries
+	// at shifted indices). Writes already exclude reads inside tidwall/wal.
+	readMu sync.Mutex
 
 	mu       sync.Mutex // protects the fields below and serialises writes
 	base     uint64     // journal number = tidwall record number + base
@@ -360,7 +367,9 @@ func (j *journal) Read(n uint64) ([]byte, error) {
 	if n <= base {
 		return nil, errNotFound
 	}
+	j.readMu.Lock()
 	raw, err := l.Read(n - base)
+	j.readMu.Unlock()
 	if err != nil {
 		if errors.Is(err, wal.ErrNotFound) {
 			return nil, errNotFound
