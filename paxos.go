@@ -511,14 +511,22 @@ func (n *Node) Fatal() error {
 // call sends a request to a member and decodes its reply. Calls to this
 // node itself skip the transport.
 func (n *Node) call(ctx context.Context, to NodeID, method string, req, resp any) error {
+	return n.callEncoded(ctx, to, method, req, nil, resp)
+}
+
+// callEncoded is call with req already encoded as body (nil: encode it
+// here), so a message sent to every member is encoded once.
+func (n *Node) callEncoded(ctx context.Context, to NodeID, method string, req any, body []byte, resp any) error {
 	if to == n.cfg.ID {
 		if handled, err := n.callSelf(req, resp); handled {
 			return err
 		}
 	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("%s to %d: encode: %w", method, to, err)
+	var err error
+	if body == nil {
+		if body, err = json.Marshal(req); err != nil {
+			return fmt.Errorf("%s to %d: encode: %w", method, to, err)
+		}
 	}
 	var out []byte
 	if to == n.cfg.ID {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"sync"
@@ -326,6 +327,11 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 // accepted them, each in its own goroutine.
 func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
+	body, err := json.Marshal(req)
+	if err != nil {
+		p.n.log.Error("encode accept", "err", err)
+		return
+	}
 	p.mu.Lock()
 	ctx := p.ctx
 	p.mu.Unlock()
@@ -334,7 +340,7 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 			cctx, cancel := context.WithTimeout(ctx, p.n.cfg.RequestTimeout)
 			defer cancel()
 			var resp Accepted
-			if err := p.n.call(cctx, to, methodAccept, req, &resp); err != nil {
+			if err := p.n.callEncoded(cctx, to, methodAccept, req, body, &resp); err != nil {
 				return // retransmitted by tick while undecided
 			}
 			p.mu.Lock()
