@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +60,9 @@ type handlerOptions struct {
 	// Shutdown, when done, ends every open feed (http.Server.Shutdown
 	// waits for streaming responses otherwise).
 	Shutdown context.Context
+	// PeerCerts makes every peer request show a client certificate that
+	// the TLS server verified (--tls-ca: mutual TLS), on top of the key.
+	PeerCerts bool
 }
 
 // newHandler builds the echo instance serving n.
@@ -87,8 +91,12 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 	admin := v1.Group("/admin", s.requireKey)
 	admin.POST("/compact", s.compact)
 
-	peers := e.Group("/paxos", s.requireKey)
-	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex} {
+	peerAuth := []echo.MiddlewareFunc{s.requireKey}
+	if o.PeerCerts {
+		peerAuth = []echo.MiddlewareFunc{requirePeerCert, s.requireKey}
+	}
+	peers := e.Group("/paxos", peerAuth...)
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow} {
 		peers.POST("/"+m, s.peer(m))
 	}
 	return e
@@ -299,6 +307,22 @@ func (s *server) requireKey(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// errNoPeerCert answers a peer request without a verified client
+// certificate when peers use mutual TLS.
+var errNoPeerCert = &apiError{http.StatusUnauthorized, "peer requests need a client certificate signed by --tls-ca"}
+
+// requirePeerCert refuses peer requests (401) that did not come over TLS
+// with a client certificate verified against --tls-ca. The TLS server
+// asks for one but lets clients without one through, for /v1.
+func requirePeerCert(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if st := c.Request().TLS; st == nil || len(st.VerifiedChains) == 0 {
+			return errNoPeerCert
+		}
+		return next(c)
+	}
+}
+
 // peer serves one Paxos message endpoint.
 func (s *server) peer(method string) echo.HandlerFunc {
 	return func(c echo.Context) error {
@@ -321,11 +345,25 @@ type httpTransport struct {
 	key    string
 }
 
+// newHTTPTransport is the peer transport without TLS settings of its own:
+// http:// peers, or https:// ones verified against the system roots.
 func newHTTPTransport(peers map[NodeID]string, key string) *httpTransport {
+	return newPeerTransport(peers, key, nil)
+}
+
+// newPeerTransport is the peer transport; tlsConf (nil: the defaults)
+// verifies https:// peers and, with mutual TLS, holds this node's client
+// certificate. Peer traffic stays on HTTP/1.1 with a pool of keep-alive
+// connections per peer, as without TLS.
+func newPeerTransport(peers map[NodeID]string, key string, tlsConf *tls.Config) *httpTransport {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	tr.MaxIdleConns = 1024
 	tr.IdleConnTimeout = 90 * time.Second
+	if tlsConf != nil {
+		tr.TLSClientConfig = tlsConf.Clone()
+		tr.ForceAttemptHTTP2 = false
+	}
 	return &httpTransport{client: &http.Client{Transport: tr}, peers: peers, key: key}
 }
 

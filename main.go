@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,6 +40,8 @@ type options struct {
 	peers      map[NodeID]string
 	clusterKey string
 	logLevel   slog.Level
+	logJSON    bool
+	tls        *tlsSetup // nil: plain HTTP
 }
 
 // Main runs paxoslog with args and returns the process's exit status.
@@ -76,9 +79,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	election := fs.Duration("election-timeout", 500*time.Millisecond, "silence before a follower campaigns (randomised up to twice this)")
 	reqTimeout := fs.Duration("request-timeout", 5*time.Second, "how long an append or read waits for a majority before 503")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	slowSync := fs.Duration("slow-sync", 100*time.Millisecond, "log a warning for an fsync slower than this")
 	retainEntries := fs.Int("retain-entries", 0, "keep at most this many entries (0: no limit; at least 262144 are kept)")
 	retainAge := fs.Duration("retain-age", 0, "drop entries applied longer ago than this (0: no limit)")
 	retainBytes := fs.Int64("retain-bytes", 0, "keep the client log under about this many bytes on disk (0: no limit)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) to serve HTTPS with; needs --tls-key")
+	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
+	tlsCA := fs.String("tls-ca", "", "PEM bundle of the CA(s) that sign every member's certificate: peers verify each other (mutual TLS)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -116,11 +124,30 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if *heartbeat <= 0 || *election <= *heartbeat || *reqTimeout <= 0 {
 		return nil, usagef("need 0 < --heartbeat < --election-timeout and a positive --request-timeout")
 	}
+	switch *logFormat {
+	case "text", "json":
+		o.logJSON = *logFormat == "json"
+	default:
+		return nil, usagef("--log-format must be text or json, got %q", *logFormat)
+	}
+	if *slowSync <= 0 {
+		return nil, usagef("--slow-sync must be positive, got %v", *slowSync)
+	}
+	o.node.SlowSync = *slowSync
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, usagef("--log-level must be debug, info, warn or error, got %q", *logLevel)
 	}
+	t, err := loadTLS(*tlsCert, *tlsKey, *tlsCA)
+	if err != nil {
+		return nil, err
+	}
+	o.tls = t
 	if *peers == "" {
-		o.peers = map[NodeID]string{o.node.ID: "http://" + *listen}
+		scheme := "http://"
+		if o.tls != nil {
+			scheme = "https://"
+		}
+		o.peers = map[NodeID]string{o.node.ID: scheme + *listen}
 	} else {
 		p, err := parsePeers(*peers)
 		if err != nil {
@@ -130,6 +157,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			return nil, usagef("--peers does not list this node's own id %d", o.node.ID)
 		}
 		o.peers = p
+	}
+	if err := checkPeerSchemes(o.peers, o.tls); err != nil {
+		return nil, err
 	}
 	for id := range o.peers {
 		o.node.Members = append(o.node.Members, id)
@@ -190,9 +220,17 @@ func checkDataDir(dir string) error {
 // serve runs the node, its HTTP server and the signal handler in one
 // oklog/run group until one of them ends.
 func serve(ctx context.Context, o *options, stderr io.Writer) error {
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	var handler slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel})
+	if o.logJSON {
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel})
+	}
+	logger := slog.New(handler)
 	o.node.Logger = logger
-	node, err := NewNode(o.node, newHTTPTransport(o.peers, o.clusterKey))
+	var peerTLS *tls.Config
+	if o.tls != nil {
+		peerTLS = o.tls.clientConfig()
+	}
+	node, err := NewNode(o.node, newPeerTransport(o.peers, o.clusterKey, peerTLS))
 	if err != nil {
 		return err
 	}
@@ -204,16 +242,45 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	shutdown, endFeeds := context.WithCancel(context.Background())
 	defer endFeeds()
 	srv := &http.Server{
-		Handler:           newHandler(node, handlerOptions{ClusterKey: o.clusterKey, Shutdown: shutdown}),
+		Handler:           newHandler(node, handlerOptions{ClusterKey: o.clusterKey, Shutdown: shutdown, PeerCerts: o.tls.mutual()}),
 		ReadHeaderTimeout: 10 * time.Second,
+		// Failed TLS handshakes (a peer with a certificate from another
+		// CA, say) are logged here.
+		ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn),
+	}
+	if o.tls != nil {
+		srv.TLSConfig = o.tls.serverConfig()
 	}
 	srv.RegisterOnShutdown(endFeeds)
-	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "members", len(o.peers), "data", o.node.DataDir)
+	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "tls", o.tls.String(), "members", len(o.peers), "data", o.node.DataDir)
 
+	// Interrupts run in this order: the node hands leadership over while
+	// the HTTP server still serves peers and clients, then HTTP stops.
 	var g run.Group
 	{
+		nctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			if err := node.Run(nctx); err != nil {
+				return fmt.Errorf("node stopped: %w", err)
+			}
+			return nil
+		}, func(error) {
+			// A planned stop: hand leadership over and let in-flight
+			// appends finish before the node stops.
+			sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
+			node.Shutdown(sctx)
+			scancel()
+			cancel()
+		})
+	}
+	{
+		g.Add(func() error {
+			serveLn := srv.Serve
+			if srv.TLSConfig != nil {
+				// The certificate is in TLSConfig already.
+				serveLn = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+			}
+			if err := serveLn(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
 			}
 			return nil
@@ -224,19 +291,15 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 			srv.Close()
 		})
 	}
-	{
-		nctx, cancel := context.WithCancel(ctx)
-		g.Add(func() error {
-			if err := node.Run(nctx); err != nil {
-				return fmt.Errorf("node stopped: %w", err)
-			}
-			return nil
-		}, func(error) { cancel() })
-	}
 	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
 	err = g.Run()
 	if errors.Is(err, run.ErrSignal) || ctx.Err() != nil {
-		logger.Info("shutting down", "reason", err.Error())
+		// err is nil when the node was first to notice ctx end.
+		reason := err
+		if !errors.Is(err, run.ErrSignal) {
+			reason = context.Cause(ctx)
+		}
+		logger.Info("shutting down", "reason", reason.Error())
 		return nil
 	}
 	return err

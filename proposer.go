@@ -883,9 +883,9 @@ func (p *Proposer) peers() []PeerStatus {
 func (p *Proposer) handoff(ctx context.Context) NodeID {
 	p.mu.Lock()
 	ls := p.ls
-	if ls == nil {
+	if ls == nil || len(p.n.cfg.Members) == 1 {
 		p.mu.Unlock()
-		return 0
+		return 0 // nobody to hand over to
 	}
 	ls.draining = true
 	p.mu.Unlock()
