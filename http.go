@@ -171,12 +171,13 @@ func (s *server) appendEntry(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Response().Header().Set("Location", fmt.Sprintf("/v1/log/%d", a.Index))
+	idx := strconv.AppendUint(nil, uint64(a.Index), 10)
+	c.Response().Header().Set("Location", "/v1/log/"+string(idx))
 	if a.Duplicate {
 		// The same key is already in the log: nothing was appended.
-		return c.JSON(http.StatusOK, map[string]any{"index": a.Index, "duplicate": true})
+		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(append([]byte(`{"index":`), idx...), `,"duplicate":true}`...))
 	}
-	return c.JSON(http.StatusCreated, map[string]Index{"index": a.Index})
+	return c.Blob(http.StatusCreated, echo.MIMEApplicationJSON, append(append([]byte(`{"index":`), idx...), '}'))
 }
 
 // parseIndex parses a positive integer parameter.

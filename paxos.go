@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,12 +79,28 @@ func (id *EntryID) UnmarshalText(b []byte) error {
 	return err
 }
 
-func newEntryID(node NodeID) EntryID {
-	var id EntryID
-	binary.BigEndian.PutUint32(id[:4], uint32(node))
-	if _, err := rand.Read(id[4:]); err != nil {
+// entryIDs makes entry ids: the node id, 64 random bits drawn once per
+// process, and a counter, so ids are unique across nodes and restarts
+// without a system call per append.
+type entryIDs struct {
+	node  NodeID
+	boot  uint64
+	count atomic.Uint32
+}
+
+func newEntryIDs(node NodeID) *entryIDs {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
 		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on supported platforms
 	}
+	return &entryIDs{node: node, boot: binary.BigEndian.Uint64(b[:])}
+}
+
+func (g *entryIDs) next() EntryID {
+	var id EntryID
+	binary.BigEndian.PutUint32(id[:4], uint32(g.node))
+	binary.BigEndian.PutUint64(id[4:12], g.boot)
+	binary.BigEndian.PutUint32(id[12:], g.count.Add(1))
 	return id
 }
 
@@ -384,6 +401,7 @@ type Node struct {
 	log       *slog.Logger
 	transport Transport
 	metrics   *metrics
+	ids       *entryIDs
 
 	acceptor *Acceptor
 	learner  *Learner
@@ -408,6 +426,7 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		fatalCh:   make(chan struct{}),
 	}
 	n.metrics = newMetrics(n)
+	n.ids = newEntryIDs(cfg.ID)
 	syncObserver := func(journal string) func(time.Duration) {
 		return func(d time.Duration) {
 			n.metrics.fsync.WithLabelValues(journal).Observe(d.Seconds())
@@ -672,7 +691,7 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 // again: its index comes back with Duplicate set.
 func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, error) {
 	start := time.Now()
-	e := Entry{ID: newEntryID(n.cfg.ID), Key: key, Data: data}
+	e := Entry{ID: n.ids.next(), Key: key, Data: data}
 	ch := n.learner.await(e)
 	defer n.learner.unawait(e)
 	select {
