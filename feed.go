@@ -58,6 +58,11 @@ func (l *Learner) follow(ctx context.Context, from Index, idleEvery time.Duratio
 			for i := next; i < next+Index(n); i++ {
 				e, err := l.Get(i)
 				if err != nil {
+					select {
+					case <-l.n.stopped:
+						return nil // the node is going away under the read
+					default:
+					}
 					return err
 				}
 				batch = append(batch, e)
