@@ -143,6 +143,22 @@ func (m *memNet) partition(groups ...[]NodeID) {
 	}
 }
 
+// randomPartition cuts the members into two random non-empty groups.
+func (c *testCluster) randomPartition(rng *rand.Rand) {
+	perm := rng.Perm(len(c.members))
+	cut := 1 + rng.Intn(len(c.members)-1)
+	var a, b []NodeID
+	for i, p := range perm {
+		if i < cut {
+			a = append(a, c.members[p])
+		} else {
+			b = append(b, c.members[p])
+		}
+	}
+	c.net.heal()
+	c.net.partition(a, b)
+}
+
 func (m *memNet) heal() {
 	m.mu.Lock()
 	m.cut = map[[2]NodeID]bool{}

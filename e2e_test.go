@@ -38,18 +38,7 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 	tb.Helper()
 	hc := &httpCluster{urls: map[NodeID]string{}, nodes: map[NodeID]*Node{},
 		servers: map[NodeID]*http.Server{}, cancels: map[NodeID]context.CancelFunc{}}
-	lns := map[NodeID]net.Listener{}
-	var members []NodeID
-	for i := 1; i <= size; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		id := NodeID(i)
-		lns[id] = ln
-		hc.urls[id] = "http://" + ln.Addr().String()
-		members = append(members, id)
-	}
+	lns, members := loopbackListeners(tb, size, "http", hc.urls)
 	dir := tb.TempDir()
 	for _, id := range members {
 		cfg := Config{ID: id, Members: members, DataDir: filepath.Join(dir, fmt.Sprint(id)),
@@ -79,6 +68,25 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 		}
 	})
 	return hc
+}
+
+// loopbackListeners opens size listeners on 127.0.0.1 for nodes 1..size
+// and records each node's base URL with scheme in urls.
+func loopbackListeners(tb testing.TB, size int, scheme string, urls map[NodeID]string) (map[NodeID]net.Listener, []NodeID) {
+	tb.Helper()
+	lns := map[NodeID]net.Listener{}
+	var members []NodeID
+	for i := 1; i <= size; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		id := NodeID(i)
+		lns[id] = ln
+		urls[id] = scheme + "://" + ln.Addr().String()
+		members = append(members, id)
+	}
+	return lns, members
 }
 
 type httpReply struct {

@@ -400,18 +400,7 @@ func TestRandomFaults(t *testing.T) {
 						}
 					}
 				case 2: // random partition
-					perm := rng.Perm(size)
-					cut := 1 + rng.Intn(size-1)
-					var a, b []NodeID
-					for i, p := range perm {
-						if i < cut {
-							a = append(a, c.members[p])
-						} else {
-							b = append(b, c.members[p])
-						}
-					}
-					c.net.heal()
-					c.net.partition(a, b)
+					c.randomPartition(rng)
 				case 3:
 					c.net.heal()
 					c.net.setFaults(faults{Drop: rng.Float64() * 0.2, Dup: rng.Float64() * 0.2, MaxDelay: time.Duration(rng.Intn(5)) * time.Millisecond})

@@ -320,18 +320,7 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			}
 		case 3:
 			stats.faults["partition"]++
-			perm := rng.Perm(size)
-			cut := 1 + rng.Intn(size-1)
-			var a, b []NodeID
-			for i, p := range perm {
-				if i < cut {
-					a = append(a, c.members[p])
-				} else {
-					b = append(b, c.members[p])
-				}
-			}
-			c.net.heal()
-			c.net.partition(a, b)
+			c.randomPartition(rng)
 		case 4:
 			stats.faults["message-faults"]++
 			c.net.setFaults(faults{Drop: rng.Float64() * 0.25, Dup: rng.Float64() * 0.25, MaxDelay: time.Duration(rng.Intn(8)) * time.Millisecond})

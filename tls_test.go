@@ -191,18 +191,7 @@ func startTLSCluster(t *testing.T, size int, key string) *tlsCluster {
 	dir := t.TempDir()
 	tc := &tlsCluster{ca: newTestCA(t, dir, "cluster-ca"), dir: dir, urls: map[NodeID]string{}}
 	tc.client = httpsClient(t, tc.ca, "", "")
-	lns := map[NodeID]net.Listener{}
-	var members []NodeID
-	for i := 1; i <= size; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := NodeID(i)
-		lns[id] = ln
-		tc.urls[id] = "https://" + ln.Addr().String()
-		members = append(members, id)
-	}
+	lns, members := loopbackListeners(t, size, "https", tc.urls)
 	var wg sync.WaitGroup
 	var stops []func()
 	for _, id := range members {

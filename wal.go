@@ -192,6 +192,11 @@ func trimTornSegment(dir string) error {
 		f.Close()
 		return err
 	}
+	return syncClose(f)
+}
+
+// syncClose fsyncs and closes f.
+func syncClose(f *os.File) error {
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return err
@@ -564,11 +569,7 @@ func writeFileSync(path string, body []byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return syncClose(f)
 }
 
 // dirSize reports the bytes used by the files in dir, for status.
