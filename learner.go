@@ -293,10 +293,6 @@ func (l *Learner) drainLocked(b Ballot, commit Slot) {
 
 // applyLocked appends slot's entries to the client log (L2, L3).
 func (l *Learner) applyLocked(slot Slot, v Value) error {
-	type placed struct {
-		id  EntryID
-		idx Index
-	}
 	var fresh []Entry
 	seen := make(map[string]bool, len(v.Entries))
 	for _, e := range v.Entries {

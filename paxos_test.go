@@ -212,7 +212,11 @@ func TestAcceptorFailsAfterAccepting(t *testing.T) {
 		}
 		return true
 	})
-	go c.mustAppend(leader, `"x1"`)
+	x1 := make(chan error, 1)
+	go func() {
+		_, err := c.appendTo(context.Background(), leader, `"x1"`)
+		x1 <- err
+	}()
 	<-accepted
 	c.crash(victim)
 	c.net.setHook(nil)
@@ -221,6 +225,9 @@ func TestAcceptorFailsAfterAccepting(t *testing.T) {
 	}
 	c.start(victim)
 	c.mustAppend(victim, `"from-victim"`)
+	if err := <-x1; err != nil {
+		t.Fatalf("append accepted by the victim before it crashed: %v", err)
+	}
 	c.check()
 }
 
