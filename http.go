@@ -279,6 +279,9 @@ func (s *server) readRange(c echo.Context) error {
 // below i (keeping at least the dedup window, cutting at a slot's first
 // entry) and answers the first retained index.
 func (s *server) compact(c echo.Context) error {
+	if s.key == "" {
+		return &apiError{http.StatusForbidden, "admin endpoints are off: start the node with --cluster-key to use them"}
+	}
 	before, err := parseIndex("before", c.QueryParam("before"))
 	if err != nil {
 		return err

@@ -695,6 +695,7 @@ func (l *Learner) installPrefix(first Index, firstSlot Slot) error {
 	}
 	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot)
 	l.first, l.last, l.applied = first, first-1, applied
+	l.n.metrics.firstIndex.Set(float64(first))
 	if l.knownCommit < applied {
 		l.knownCommit = applied
 	}

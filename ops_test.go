@@ -288,3 +288,24 @@ func TestMetricsMove(t *testing.T) {
 		t.Errorf("leader's status lacks recent peer contact: %+v", st.Peers)
 	}
 }
+
+// Without a cluster key the admin endpoints are off (403), and the index
+// gauges are right straight after a restart, before anything is applied.
+func TestAdminNeedsKeyAndGaugesAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := newIdleNode(t, dir)
+	n.learner.chosen(SlotValue{Slot: 1, Value: entryValue(`1`, `2`, `3`)})
+	n.Close()
+	n = newIdleNode(t, dir)
+	if got := scrape(t, n, "paxoslog_last_index"); got != 3 {
+		t.Errorf("paxoslog_last_index = %v after a restart, want 3", got)
+	}
+	if got := scrape(t, n, "paxoslog_first_index"); got != 1 {
+		t.Errorf("paxoslog_first_index = %v after a restart, want 1", got)
+	}
+	rec := httptest.NewRecorder()
+	newHandler(n, handlerOptions{}).ServeHTTP(rec, httptest.NewRequest("POST", "/v1/admin/compact?before=2", nil))
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("compact without a cluster key configured: %d %s, want 403", rec.Code, rec.Body)
+	}
+}

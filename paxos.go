@@ -446,6 +446,12 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 	}
 	n.acceptor, n.learner = acc, lrn
 	n.proposer = newProposer(n)
+	first, last := lrn.Bounds()
+	n.metrics.firstIndex.Set(float64(first))
+	n.metrics.lastIndex.Set(float64(last))
+	n.metrics.appliedSlot.Set(float64(lrn.Applied()))
+	n.metrics.commitSlot.Set(float64(lrn.KnownCommit()))
+	n.metrics.ballotRound.Set(float64(acc.Promised().Round))
 	return n, nil
 }
 

@@ -855,7 +855,7 @@ type PeerStatus struct {
 func (p *Proposer) peers() []PeerStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []PeerStatus
+	out := []PeerStatus{}
 	for _, id := range p.n.cfg.Members {
 		if id == p.n.cfg.ID {
 			continue
@@ -909,6 +909,8 @@ func (p *Proposer) handoff(ctx context.Context) NodeID {
 	var target NodeID
 	tick := time.NewTicker(p.n.cfg.HeartbeatInterval / 4)
 	defer tick.Stop()
+	wait, cancelWait := context.WithTimeout(ctx, 2*p.n.cfg.ElectionTimeout)
+	defer cancelWait()
 	for {
 		p.mu.Lock()
 		var best Slot
@@ -935,7 +937,7 @@ func (p *Proposer) handoff(ctx context.Context) NodeID {
 		select {
 		case <-tick.C: // heartbeat replies update peerApplied
 			continue
-		case <-ctx.Done():
+		case <-wait.Done(): // settle for the most up-to-date peer
 		}
 		p.mu.Lock()
 		break
@@ -947,7 +949,9 @@ func (p *Proposer) handoff(ctx context.Context) NodeID {
 		return 0
 	}
 	var resp TimeoutNowResp
-	if err := p.n.call(ctx, target, methodTimeoutNow, TimeoutNowReq{From: p.n.cfg.ID}, &resp); err != nil {
+	cctx, cancel := context.WithTimeout(context.Background(), p.n.cfg.ElectionTimeout)
+	defer cancel()
+	if err := p.n.call(cctx, target, methodTimeoutNow, TimeoutNowReq{From: p.n.cfg.ID}, &resp); err != nil {
 		p.n.log.Warn("handoff failed", "to", target, "err", err)
 		return 0
 	}
