@@ -772,9 +772,12 @@ func (n *Node) Shutdown(ctx context.Context) {
 	if to := n.proposer.handoff(ctx); to != 0 {
 		n.log.Info("handed leadership over", "to", to)
 	}
+	// Wait for the appends taken before now; new ones keep arriving while
+	// HTTP still serves and would keep the count from reaching zero.
+	before := n.proposer.pendingIDs()
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for n.proposer.pendingCount() > 0 {
+	for n.proposer.anyPending(before) {
 		select {
 		case <-ctx.Done():
 			return

@@ -969,9 +969,25 @@ func (p *Proposer) onTimeoutNow(req TimeoutNowReq) TimeoutNowResp {
 	return TimeoutNowResp{OK: true}
 }
 
-// pendingCount is how many appends taken here are still waiting.
-func (p *Proposer) pendingCount() int {
+// pendingIDs returns the appends taken here that are still waiting.
+func (p *Proposer) pendingIDs() []EntryID {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.pending)
+	ids := make([]EntryID, 0, len(p.pending))
+	for id := range p.pending {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// anyPending reports whether any of ids is still waiting.
+func (p *Proposer) anyPending(ids []EntryID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := p.pending[id]; ok {
+			return true
+		}
+	}
+	return false
 }
