@@ -729,39 +729,49 @@ func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, er
 // the call: the leader names a slot that covers them after confirming with
 // a majority that it still leads, and this node catches up to it.
 func (n *Node) ReadBarrier(ctx context.Context) error {
+	_, _, err := n.readBarrier(ctx)
+	return err
+}
+
+// readBarrier is ReadBarrier, also telling which slot the read waited for
+// and which leader named it (tests record them).
+func (n *Node) readBarrier(ctx context.Context) (Slot, NodeID, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	defer cancel()
 	defer func(start time.Time) { n.metrics.readLatency.Observe(time.Since(start).Seconds()) }(time.Now())
 	for {
 		slot, leader, err := n.proposer.readIndexAnywhere(ctx)
 		if err == nil {
-			return n.learner.waitApplied(ctx, slot, leader)
+			return slot, leader, n.learner.waitApplied(ctx, slot, leader)
 		}
-		if ctx.Err() != nil || errors.Is(err, ErrStopped) {
-			return n.waitErr(ctx)
+		// Any failure, including a leader that is itself stopping, means
+		// no barrier yet: ask again until our deadline or our own stop.
+		if ctx.Err() != nil {
+			return 0, 0, n.waitErr(ctx)
 		}
 		// No leader yet, or it changed under us: wait a beat and ask again.
 		select {
 		case <-time.After(n.cfg.HeartbeatInterval):
 		case <-ctx.Done():
-			return n.waitErr(ctx)
+			return 0, 0, n.waitErr(ctx)
 		case <-n.stopped:
-			return ErrStopped
+			return 0, 0, ErrStopped
 		}
 	}
 }
 
-// waitErr maps the end of a wait to the error the caller reports.
+// waitErr maps the end of a wait to the error the caller reports. It is
+// never nil: a wait that ends has failed.
 func (n *Node) waitErr(ctx context.Context) error {
 	select {
 	case <-n.stopped:
 		return ErrStopped
 	default:
 	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return ErrNoQuorum
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return ctx.Err()
+	return ErrNoQuorum
 }
 
 // Shutdown prepares a planned stop: a leader hands leadership to an

@@ -484,3 +484,24 @@ func TestDataKept(t *testing.T) {
 	}
 	c.check()
 }
+
+// Regression (found by the simulation soak: a stale linearizable read): a
+// read barrier whose leader answers "I am stopping" must not pass. The
+// error used to be taken for this node's own stop, and the barrier
+// returned success without a read index.
+func TestReadBarrierWhileLeaderStops(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.mustAppend(leader, `"before"`)
+	c.node(leader).stop() // answers every peer request with ErrStopped, keeps sending heartbeats
+	follower := leader%3 + 1
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	// It may pass only through another leader, if the others elect one.
+	if slot, from, err := c.node(follower).readBarrier(ctx); err == nil && (from == leader || from == 0) {
+		t.Fatalf("read barrier passed (slot %d from leader %d) while leader %d was stopping", slot, from, leader)
+	}
+	if err := c.node(follower).waitErr(context.Background()); err == nil {
+		t.Fatal("waitErr returned nil")
+	}
+}

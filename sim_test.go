@@ -58,6 +58,7 @@ func (k *keyList) find(key string) (int, bool) {
 
 type simInput struct {
 	read bool
+	meta string // where a read went, for failure reports
 	data string // append
 	key  string // append, optional
 }
@@ -186,6 +187,37 @@ func resolveUnknown(ops []porcupine.Operation, final []string) []porcupine.Opera
 	return kept
 }
 
+// explainIllegal names what makes a history illegal, where a direct check
+// can: a read whose entries are not a prefix of the final log, or a read
+// that misses an append acknowledged before the read began.
+func explainIllegal(t *testing.T, ops []porcupine.Operation, final []string) {
+	prefix := make([]uint64, len(final)+1)
+	for i, d := range final {
+		prefix[i+1] = chainHash(prefix[i], d)
+	}
+	for _, op := range ops {
+		in, out := op.Input.(simInput), op.Output.(simOutput)
+		if !in.read {
+			continue
+		}
+		if out.n > len(final) || prefix[out.n] != out.h {
+			t.Errorf("read [%d, %d] (%s) returned %d entries that are not a prefix of the final log", op.Call, op.Return, in.meta, out.n)
+			continue
+		}
+		for _, a := range ops {
+			ain, aout := a.Input.(simInput), a.Output.(simOutput)
+			if ain.read || aout.unknown || a.Return >= op.Call {
+				continue
+			}
+			if aout.index > out.n {
+				t.Errorf("read [%d, %d] (%s) saw %d entries, but append of %s acknowledged at %d returned at %d, before the read began",
+					op.Call, op.Return, in.meta, out.n, ain.data, aout.index, a.Return)
+				break
+			}
+		}
+	}
+}
+
 // simStats counts what a schedule did.
 type simStats struct {
 	ops, appends, reads, unknown int
@@ -277,16 +309,18 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 				}
 				rctx, rcancel := context.WithTimeout(ctx, time.Second)
 				call := time.Now()
-				err := n.ReadBarrier(rctx)
+				slot, leader, err := n.readBarrier(rctx)
 				rcancel()
 				if err != nil {
 					continue // a failed read has no effect
 				}
+				applied := n.learner.Applied()
 				cnt, h, err := readLog(n)
 				if err != nil {
 					continue // the node crashed under the read
 				}
-				hist.add(appenders+rd, simInput{read: true}, simOutput{n: cnt, h: h}, call, time.Now())
+				hist.add(appenders+rd, simInput{read: true, meta: fmt.Sprintf("node %d, read index slot %d from leader %d, applied slot %d",
+					n.cfg.ID, slot, leader, applied)}, simOutput{n: cnt, h: h}, call, time.Now())
 				time.Sleep(time.Duration(r.Intn(20)) * time.Millisecond) // pacing, not synchronisation
 			}
 		}()
@@ -414,6 +448,7 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 	res, info := porcupine.CheckOperationsVerbose(logModel, ops, 30*time.Second)
 	switch res {
 	case porcupine.Illegal:
+		explainIllegal(t, ops, want)
 		path := fmt.Sprintf("%s/porcupine-%d.html", os.TempDir(), seed)
 		if f, err := os.Create(path); err == nil {
 			porcupine.Visualize(logModel, info, f)
