@@ -12,9 +12,10 @@ import (
 
 // learner.go: the learner role. It turns chosen slots into the client log.
 //
-// Index map: the learner's journal record number IS the client index.
-// Record i holds the entry at index i plus the slot it came from and its
-// position in that slot's batch. Slots are applied strictly in order;
+// Index map: the learner's journal number IS the client index (the
+// journal's numbering starts past a base after installPrefix). Record i
+// holds the entry at index i plus the slot it came from and its position
+// in that slot's batch. Slots are applied strictly in order;
 // applied is the last slot applied. A slot <= applied with no record was
 // a no-op (or held only duplicates).
 //
@@ -23,7 +24,7 @@ import (
 //     a chosen fact: the leader's own quorum, a local acceptance under the
 //     very ballot whose leader declared the slot chosen, or a peer's log).
 //   - L2: the index assignment is a pure function of the chosen sequence
-//     (dedup looks only at the previous dedupWindow indices), so every node
+//     (dedup looks only at the previous DedupWindow indices), so every node
 //     holds the same entry at every index.
 //   - L3: records for a slot are written in one batch; a batch cut short by
 //     a crash is dropped whole on open and re-learned.
