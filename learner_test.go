@@ -173,3 +173,32 @@ func TestLearnerWaiterLearnsKeyFromOtherEntry(t *testing.T) {
 		t.Fatal("late waiter not answered at once")
 	}
 }
+
+// Regression (found by TestCompactionWithLaggingNode): compaction must
+// leave a durable record at or past the cut, or a crash can leave an empty
+// log whose first index no longer maps to a slot.
+func TestCompactionKeepsSlotMappingThroughACrash(t *testing.T) {
+	dir := t.TempDir()
+	n, err := NewNode(Config{ID: 1, DataDir: dir, DedupWindow: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := 1; s <= 10; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: entryValue(fmt.Sprint(s))})
+	}
+	if first, err := n.learner.compactBefore(9); err != nil || first != 9 {
+		t.Fatalf("compactBefore(9) = %d, %v", first, err)
+	}
+	if err := n.crash(); err != nil { // drops whatever was not synced
+		t.Fatal(err)
+	}
+	n2 := newIdleNode(t, dir)
+	first, last := n2.learner.Bounds()
+	if last < first {
+		t.Fatalf("log empty after the crash (first %d, last %d): the slot mapping is lost", first, last)
+	}
+	rec, err := n2.learner.record(last)
+	if err != nil || n2.learner.Applied() != rec.Slot {
+		t.Fatalf("applied %d, last record's slot %d (%v)", n2.learner.Applied(), rec.Slot, err)
+	}
+}

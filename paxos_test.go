@@ -505,3 +505,19 @@ func TestReadBarrierWhileLeaderStops(t *testing.T) {
 		t.Fatal("waitErr returned nil")
 	}
 }
+
+// Regression: a restarted node once began its rounds from zero and led
+// again under the ballot it had used before its crash; two leaderships
+// under one ballot could propose two values for one slot.
+func TestRestartedNodeNeverReusesABallot(t *testing.T) {
+	c := newTestCluster(t, 1, testSeed(t))
+	c.leader(5 * time.Second)
+	c.mustAppend(1, `"one"`)
+	_, before, _ := c.node(1).proposer.leaderInfo()
+	c.restart(1)
+	c.leader(5 * time.Second)
+	_, after, _ := c.node(1).proposer.leaderInfo()
+	if !before.Less(after) {
+		t.Fatalf("ballot %s after the restart, not above %s before it", after, before)
+	}
+}
