@@ -89,19 +89,26 @@ func TestMainBadFlags(t *testing.T) {
 			t.Parallel()
 			// A case's own --listen comes later and wins.
 			args := append([]string{"--listen=127.0.0.1:0"}, tc.args(t, t.TempDir())...)
-			var stderr bytes.Buffer
-			code := Main(ctx, args, &stderr)
-			out := stderr.String()
-			if code != 2 {
-				t.Errorf("Main(%q) = %d, want 2; stderr:\n%s", args, code, out)
-			}
-			if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
-				t.Errorf("Main(%q) wrote %q, want exactly one line", args, out)
-			}
-			if !strings.HasPrefix(out, "paxoslog: ") || !strings.Contains(out, tc.want) {
-				t.Errorf("Main(%q) wrote %q, want a line naming %q", args, out, tc.want)
-			}
+			expectUsageError(ctx, t, args, tc.want)
 		})
+	}
+}
+
+// expectUsageError runs Main with args and wants exit status 2 and exactly
+// one line on stderr, "paxoslog: ..." naming want.
+func expectUsageError(ctx context.Context, t *testing.T, args []string, want string) {
+	t.Helper()
+	var stderr bytes.Buffer
+	code := Main(ctx, args, &stderr)
+	out := stderr.String()
+	if code != 2 {
+		t.Errorf("Main(%q) = %d, want 2; stderr:\n%s", args, code, out)
+	}
+	if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
+		t.Errorf("Main(%q) wrote %q, want exactly one line", args, out)
+	}
+	if !strings.HasPrefix(out, "paxoslog: ") || !strings.Contains(out, want) {
+		t.Errorf("Main(%q) wrote %q, want a line naming %q", args, out, want)
 	}
 }
 

@@ -443,18 +443,7 @@ func TestMainTLSBadFlags(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--listen=127.0.0.1:0", "--data", t.TempDir()}, tc.args...)
-			var stderr bytes.Buffer
-			code := Main(ctx, args, &stderr)
-			out := stderr.String()
-			if code != 2 {
-				t.Errorf("Main(%q) = %d, want 2; stderr:\n%s", args, code, out)
-			}
-			if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
-				t.Errorf("Main(%q) wrote %q, want exactly one line", args, out)
-			}
-			if !strings.HasPrefix(out, "paxoslog: ") || !strings.Contains(out, tc.want) {
-				t.Errorf("Main(%q) wrote %q, want a line naming %q", args, out, tc.want)
-			}
+			expectUsageError(ctx, t, args, tc.want)
 		})
 	}
 }

@@ -262,11 +262,8 @@ func checkRecord(raw []byte) ([]byte, bool) {
 func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil {
-		return 0, j.err
-	}
-	if j.log == nil {
-		return 0, errJournalClosed
+	if err := j.writableLocked(); err != nil {
+		return 0, err
 	}
 	last, err := j.log.LastIndex()
 	if err != nil {
@@ -303,13 +300,9 @@ func (j *journal) SyncTo(n uint64) error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	j.mu.Lock()
-	if j.err != nil {
-		defer j.mu.Unlock()
-		return j.err
-	}
-	if j.log == nil {
+	if err := j.writableLocked(); err != nil {
 		j.mu.Unlock()
-		return errJournalClosed
+		return err
 	}
 	if j.synced+j.base >= n {
 		j.mu.Unlock()
@@ -351,6 +344,18 @@ func (j *journal) Synced() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.synced + j.base
+}
+
+// writableLocked reports why the journal takes no more writes, if it
+// does not: a sticky error, or closed. j.mu held.
+func (j *journal) writableLocked() error {
+	if j.err != nil {
+		return j.err
+	}
+	if j.log == nil {
+		return errJournalClosed
+	}
+	return nil
 }
 
 func (j *journal) fail(err error) error {
@@ -409,11 +414,8 @@ func (j *journal) Bounds() (first, last uint64) {
 func (j *journal) TruncateFront(n uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil {
-		return j.err
-	}
-	if j.log == nil {
-		return errJournalClosed
+	if err := j.writableLocked(); err != nil {
+		return err
 	}
 	if err := j.log.TruncateFront(n - j.base); err != nil {
 		return j.fail(fmt.Errorf("truncate front to %d: %w", n, err))
@@ -426,11 +428,8 @@ func (j *journal) TruncateFront(n uint64) error {
 func (j *journal) TruncateBack(n uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil {
-		return j.err
-	}
-	if j.log == nil {
-		return errJournalClosed
+	if err := j.writableLocked(); err != nil {
+		return err
 	}
 	if err := j.log.TruncateBack(n - j.base); err != nil {
 		return j.fail(fmt.Errorf("truncate back to %d: %w", n, err))
@@ -514,11 +513,8 @@ func (j *journal) Meta() []byte {
 func (j *journal) Reset(base uint64, meta []byte) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil {
-		return j.err
-	}
-	if j.log == nil {
-		return errJournalClosed
+	if err := j.writableLocked(); err != nil {
+		return err
 	}
 	if err := j.log.Close(); err != nil {
 		return j.fail(fmt.Errorf("reset: close: %w", err))
