@@ -323,8 +323,8 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 	return SlotValue{Slot: s, Value: v}
 }
 
-// sendAccept sends phase 2a for vals to every member that has not yet
-// accepted them, each in its own goroutine.
+// sendAccept sends phase 2a for vals to every member, each in its own
+// goroutine (a retransmission goes to all again; acks count once each).
 func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
 	body, err := json.Marshal(req)
