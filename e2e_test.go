@@ -96,7 +96,15 @@ type httpReply struct {
 	raw    string
 }
 
+// do makes one request with the default client; a transport error fails
+// the test.
 func do(t testing.TB, method, url, body string, header map[string]string) httpReply {
+	t.Helper()
+	return mustSend(t, http.DefaultClient, method, url, body, header)
+}
+
+// send makes one request with client c; a transport error is returned.
+func send(t testing.TB, c *http.Client, method, url, body string, header map[string]string) (httpReply, error) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
@@ -105,14 +113,26 @@ func do(t testing.TB, method, url, body string, header map[string]string) httpRe
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
+	if err != nil {
+		return httpReply{}, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return httpReply{}, err
+	}
+	r := httpReply{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	json.Unmarshal(raw, &r.body)
+	return r, nil
+}
+
+func mustSend(t testing.TB, c *http.Client, method, url, body string, header map[string]string) httpReply {
+	t.Helper()
+	r, err := send(t, c, method, url, body, header)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	r := httpReply{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
-	json.Unmarshal(raw, &r.body)
 	return r
 }
 

@@ -141,40 +141,6 @@ func httpsClient(t testing.TB, ca *testCA, certFile, keyFile string) *http.Clien
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
-// send is do (e2e_test.go) with a client of the caller's, and a transport
-// error returned rather than fatal.
-func send(t testing.TB, c *http.Client, method, url, body string, header map[string]string) (httpReply, error) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return httpReply{}, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return httpReply{}, err
-	}
-	r := httpReply{code: resp.StatusCode, header: resp.Header, raw: string(raw)}
-	json.Unmarshal(raw, &r.body)
-	return r, nil
-}
-
-func mustSend(t testing.TB, c *http.Client, method, url, body string, header map[string]string) httpReply {
-	t.Helper()
-	r, err := send(t, c, method, url, body, header)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	return r
-}
-
 // tlsCluster is startHTTPCluster (e2e_test.go) over mutual TLS: each node
 // has its own certificate from one CA, loaded by loadTLS as --tls-cert,
 // --tls-key and --tls-ca would be.
