@@ -61,7 +61,9 @@ type leaderState struct {
 	done        chan struct{}        // closed when this leadership ends
 	nextRead    *readRound           // the read round that will start next
 	reading     bool                 // a readRounds goroutine runs
-	sentCommit  map[NodeID]Slot      // highest commit an accept carried to each peer
+	sentCommit  map[NodeID]Slot      // highest commit an accept has taken to each peer
+	forwarded   map[EntryID]NodeID   // queued entries a follower forwarded, by who
+	forwardSlot map[NodeID]Slot      // highest slot proposed with entries a peer forwarded
 }
 
 // pendingEntry is an append taken by this node, not yet applied here.
@@ -198,7 +200,6 @@ func (p *Proposer) hasQuorumContactLocked(ls *leaderState, now time.Time) bool {
 // slots; every node hands its pending entries to the current leader.
 func (p *Proposer) flush(ctx context.Context) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if ls := p.ls; ls != nil {
 		var fresh []Entry
 		for _, pe := range p.pending {
@@ -208,9 +209,12 @@ func (p *Proposer) flush(ctx context.Context) {
 			}
 		}
 		ls.enqueue(fresh)
-		p.proposeQueuedLocked(ls)
+		vals, commit := p.proposeQueuedLocked(ls)
+		p.mu.Unlock()
+		p.sendAccept(ls, vals, commit)
 		return
 	}
+	defer p.mu.Unlock()
 	if p.leader == 0 || p.leader == p.n.cfg.ID {
 		return
 	}
@@ -257,12 +261,20 @@ func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pe
 // onForward queues entries a follower took, if this node leads.
 func (p *Proposer) onForward(req ForwardReq) ForwardResp {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ls == nil {
+	ls := p.ls
+	if ls == nil {
+		defer p.mu.Unlock()
 		return ForwardResp{OK: false, Leader: p.leader}
 	}
-	p.ls.enqueue(req.Entries)
-	p.wake()
+	for _, e := range req.Entries {
+		if !ls.queued[e.ID] {
+			ls.forwarded[e.ID] = req.From
+		}
+	}
+	ls.enqueue(req.Entries)
+	vals, commit := p.proposeQueuedLocked(ls)
+	p.mu.Unlock()
+	p.sendAccept(ls, vals, commit)
 	return ForwardResp{OK: true, Leader: p.n.cfg.ID}
 }
 
@@ -276,11 +288,23 @@ func (ls *leaderState) enqueue(entries []Entry) {
 }
 
 // submit takes a client entry; the learner tells the caller when it is in.
+// On the leader the entry is queued, and proposed if no slot is in flight,
+// right here: no hop through the run loop on the way to the acceptors.
 func (p *Proposer) submit(e Entry) {
+	pe := &pendingEntry{entry: e, deadline: time.Now().Add(p.n.cfg.RequestTimeout)}
 	p.mu.Lock()
-	p.pending[e.ID] = &pendingEntry{entry: e, deadline: time.Now().Add(p.n.cfg.RequestTimeout)}
+	p.pending[e.ID] = pe
+	ls := p.ls
+	if ls == nil {
+		p.mu.Unlock()
+		p.wake() // the run loop forwards it to the leader
+		return
+	}
+	pe.sentTo = ls.ballot
+	ls.enqueue([]Entry{e})
+	vals, commit := p.proposeQueuedLocked(ls)
 	p.mu.Unlock()
-	p.wake()
+	p.sendAccept(ls, vals, commit)
 }
 
 // forget stops resending an entry: its append has returned, with an
@@ -297,7 +321,9 @@ func (p *Proposer) forget(id EntryID) {
 // of each few taking an accept round and an fsync on every node; the
 // round in flight finishing proposes what gathered. Only a backlog of a
 // quarter batch or more opens another slot in parallel (pipelining).
-func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
+// The caller sends what it returns with sendAccept once it has let go of
+// p.mu.
+func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 	var vals []SlotValue
 	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight && !ls.draining {
 		if len(ls.inflight) > 0 && len(ls.queue) < p.n.cfg.MaxBatch/4 {
@@ -305,6 +331,14 @@ func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
 		}
 		k := min(len(ls.queue), p.n.cfg.MaxBatch)
 		v := Value{Entries: append([]Entry(nil), ls.queue[:k]...)}
+		if len(ls.forwarded) > 0 {
+			for _, e := range v.Entries {
+				if from, ok := ls.forwarded[e.ID]; ok {
+					ls.forwardSlot[from] = ls.nextSlot
+					delete(ls.forwarded, e.ID)
+				}
+			}
+		}
 		p.n.metrics.batchSize.Observe(float64(k))
 		ls.queue = ls.queue[k:]
 		vals = append(vals, p.newProposalLocked(ls, ls.nextSlot, v))
@@ -313,9 +347,7 @@ func (p *Proposer) proposeQueuedLocked(ls *leaderState) {
 	if len(ls.queue) == 0 {
 		ls.queue = nil
 	}
-	if len(vals) > 0 {
-		go p.sendAccept(ls, vals, ls.commit)
-	}
+	return vals, ls.commit
 }
 
 func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue {
@@ -325,7 +357,11 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 
 // sendAccept sends phase 2a for vals to every member, each in its own
 // goroutine (a retransmission goes to all again; acks count once each).
+// It does not wait for the answers.
 func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
+	if len(vals) == 0 {
+		return
+	}
 	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -334,6 +370,15 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	}
 	p.mu.Lock()
 	ctx := p.ctx
+	// Counted as told when sent, not when answered: the answer waits for
+	// the peer's fsync, and a learn message sent meanwhile would only
+	// repeat what is on its way. Should the accept be lost, the next
+	// accept or heartbeat carries the commit.
+	for _, to := range p.n.cfg.Members {
+		if commit > ls.sentCommit[to] {
+			ls.sentCommit[to] = commit
+		}
+	}
 	p.mu.Unlock()
 	for _, to := range p.n.cfg.Members {
 		go func() {
@@ -343,11 +388,6 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 			if err := p.n.callEncoded(cctx, to, methodAccept, req, body, &resp); err != nil {
 				return // retransmitted by tick while undecided
 			}
-			p.mu.Lock()
-			if commit > ls.sentCommit[to] {
-				ls.sentCommit[to] = commit
-			}
-			p.mu.Unlock()
 			p.onAccepted(ls, to, vals, resp)
 		}()
 	}
@@ -389,14 +429,19 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 		}
 		newly = append(newly, SlotValue{Slot: ls.commit, Value: prop.value})
 	}
+	var next []SlotValue
+	var commit Slot
 	if len(newly) > 0 {
 		close(ls.commitCh)
 		ls.commitCh = make(chan struct{})
+		// What gathered while these slots were in flight goes out before
+		// they are applied here: the next round overlaps the apply.
+		next, commit = p.proposeQueuedLocked(ls)
 	}
 	p.mu.Unlock()
+	p.sendAccept(ls, next, commit)
 	if len(newly) > 0 {
 		p.n.learner.chosen(newly...)
-		p.wake()
 	}
 }
 
@@ -535,6 +580,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
 		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), since: time.Now(),
 		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
+		forwarded: make(map[EntryID]NodeID), forwardSlot: make(map[NodeID]Slot),
 	}
 	p.ls = ls
 	p.leader, p.leaderBallot = p.n.cfg.ID, b
@@ -629,13 +675,16 @@ func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 				return
 			case <-t.C:
 			case <-ch:
-				// A commit advance. With more work under way the next accept
-				// carries it, so give one a moment; idle, tell the peer now
-				// (a follower's client is waiting to learn its entry).
+				// A commit advance. If it decides entries this peer
+				// forwarded, the peer's clients are waiting to learn them:
+				// tell it now. Otherwise give the next accept a moment to
+				// carry it: under load, or with one client appending here
+				// back to back, one always goes out within learnDelay,
+				// and a learn message would only cost both sides CPU.
 				p.mu.Lock()
-				busy := len(ls.queue) > 0 || len(ls.inflight) > 0
+				urgent := ls.forwardSlot[to] > ls.sentCommit[to] && ls.forwardSlot[to] <= ls.commit
 				p.mu.Unlock()
-				if busy {
+				if !urgent {
 					select {
 					case <-time.After(learnDelay):
 					case <-ls.done:
