@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -159,8 +158,8 @@ func openAcceptor(dir string, onSync func(time.Duration)) (*Acceptor, error) {
 			j.Close()
 			return nil, fmt.Errorf("acceptor: replay record %d: %w", i, err)
 		}
-		var r acceptorRecord
-		if err := json.Unmarshal(p, &r); err != nil {
+		r, err := decodeAcceptorRecord(p)
+		if err != nil {
 			j.Close()
 			return nil, fmt.Errorf("acceptor: replay record %d: %w", i, err)
 		}
@@ -182,11 +181,7 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 		_, last := a.journal.Bounds()
 		return last, nil
 	}
-	body, err := json.Marshal(rec)
-	if err != nil {
-		return 0, fmt.Errorf("acceptor: encode record: %w", err)
-	}
-	seq, err := a.journal.Append(body)
+	seq, err := a.journal.Append(rec.encode())
 	if err != nil {
 		return 0, fmt.Errorf("acceptor: %w", err)
 	}
@@ -273,12 +268,7 @@ func (a *Acceptor) valueExactly(slot Slot, b Ballot) (Value, bool) {
 func (a *Acceptor) compact(floor Slot) error {
 	a.mu.Lock()
 	rec := a.state.compact(floor)
-	body, err := json.Marshal(rec)
-	if err != nil {
-		a.mu.Unlock()
-		return fmt.Errorf("acceptor: encode checkpoint: %w", err)
-	}
-	seq, err := a.journal.Append(body)
+	seq, err := a.journal.Append(rec.encode())
 	if err == nil {
 		a.sinceCheck = 0
 	}

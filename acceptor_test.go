@@ -272,18 +272,15 @@ func TestAcceptorStateTransitions(t *testing.T) {
 	}
 }
 
-// checkReplay feeds recs through JSON, as the journal stores them, into a
-// fresh state and checks that it equals s.
+// checkReplay feeds recs through their binary form, as the journal stores
+// them, into a fresh state and checks that it equals s.
 func checkReplay(t *testing.T, s *acceptorState, recs []*acceptorRecord) {
 	t.Helper()
 	r := newAcceptorState()
 	for i, rec := range recs {
-		body, err := json.Marshal(rec)
+		body := rec.encode()
+		dec, err := decodeAcceptorRecord(body)
 		if err != nil {
-			t.Fatalf("encode record %d: %v", i, err)
-		}
-		var dec acceptorRecord
-		if err := json.Unmarshal(body, &dec); err != nil {
 			t.Fatalf("decode record %d %s: %v", i, body, err)
 		}
 		r.replay(dec)

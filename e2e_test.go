@@ -46,7 +46,9 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 		if tweak != nil {
 			tweak(&cfg)
 		}
-		n, err := NewNode(cfg, newHTTPTransport(hc.urls, key))
+		tr := newHTTPTransport(hc.urls, key)
+		tb.Cleanup(tr.closeIdle)
+		n, err := NewNode(cfg, tr)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -334,18 +334,32 @@ func (s *server) peer(method string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		out, err := s.n.Handle(c.Request().Context(), method, body)
+		out, then, err := s.n.handle(c.Request().Context(), method, body)
 		if err != nil {
 			return err
 		}
-		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out)
+		if then == nil {
+			return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out)
+		}
+		// Reply in full (a known length, so the peer need not wait for
+		// the end of this handler), then do the rest.
+		c.Response().Header().Set(echo.HeaderContentLength, strconv.Itoa(len(out)))
+		if err := c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out); err != nil {
+			return err
+		}
+		c.Response().Flush()
+		then()
+		return nil
 	}
 }
 
-// httpTransport sends peer messages as HTTP POSTs to /paxos/<method>.
+// httpTransport sends peer messages as HTTP POSTs to /paxos/<method>, on
+// connections of its own (peerconn.go), or through net/http for a peer
+// that an HTTP proxy from the environment applies to.
 type httpTransport struct {
 	client *http.Client
-	peers  map[NodeID]string // base URL per member
+	pools  map[NodeID]*peerPool // nil entry: through client
+	peers  map[NodeID]string    // base URL per member
 	key    string
 }
 
@@ -368,7 +382,18 @@ func newPeerTransport(peers map[NodeID]string, key string, tlsConf *tls.Config) 
 		tr.TLSClientConfig = tlsConf.Clone()
 		tr.ForceAttemptHTTP2 = false
 	}
-	return &httpTransport{client: &http.Client{Transport: tr}, peers: peers, key: key}
+	t := &httpTransport{client: &http.Client{Transport: tr}, pools: make(map[NodeID]*peerPool), peers: peers, key: key}
+	for id, base := range peers {
+		if req, err := http.NewRequest(http.MethodPost, base, nil); err == nil {
+			if proxy, err := tr.Proxy(req); err == nil && proxy != nil {
+				continue
+			}
+		}
+		if pool, err := newPeerPool(base, key, tlsConf); err == nil {
+			t.pools[id] = pool
+		}
+	}
+	return t
 }
 
 // Call implements Transport.
@@ -377,29 +402,48 @@ func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body
 	if !ok {
 		return nil, fmt.Errorf("no address for node %d", to)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/paxos/"+method, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	var status int
+	var out []byte
+	if pool := t.pools[to]; pool != nil {
+		var err error
+		if status, out, err = pool.call(ctx, method, body); err != nil {
+			return nil, err
+		}
+	} else {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/paxos/"+method, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", peerContentType(body))
+		if t.key != "" {
+			req.Header.Set(peerKeyHeader, "Bearer "+t.key)
+		}
+		resp, err := t.client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if out, err = io.ReadAll(io.LimitReader(resp.Body, maxPeerBody)); err != nil {
+			return nil, err
+		}
+		status = resp.StatusCode
 	}
-	req.Header.Set("Content-Type", echo.MIMEApplicationJSON)
-	if t.key != "" {
-		req.Header.Set(peerKeyHeader, "Bearer "+t.key)
-	}
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerBody))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
+	if status != http.StatusOK {
 		msg := gjson.GetBytes(out, "error").String()
 		if msg == "" {
 			msg = strings.TrimSpace(string(out))
 		}
-		return nil, fmt.Errorf("peer %d answered %d: %s", to, resp.StatusCode, msg)
+		return nil, fmt.Errorf("peer %d answered %d: %s", to, status, msg)
 	}
 	return out, nil
+}
+
+// closeIdle closes the idle peer connections.
+func (t *httpTransport) closeIdle() {
+	for _, pool := range t.pools {
+		if pool != nil {
+			pool.closeIdle()
+		}
+	}
+	t.client.CloseIdleConnections()
 }

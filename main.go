@@ -230,7 +230,9 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	if o.tls != nil {
 		peerTLS = o.tls.clientConfig()
 	}
-	node, err := NewNode(o.node, newPeerTransport(o.peers, o.clusterKey, peerTLS))
+	transport := newPeerTransport(o.peers, o.clusterKey, peerTLS)
+	defer transport.closeIdle()
+	node, err := NewNode(o.node, transport)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -548,6 +549,11 @@ func (n *Node) callEncoded(ctx context.Context, to NodeID, method string, req an
 		}
 	}
 	var err error
+	if m, ok := req.(encoding.BinaryMarshaler); ok && body == nil {
+		if body, err = m.MarshalBinary(); err != nil {
+			return fmt.Errorf("%s to %d: encode: %w", method, to, err)
+		}
+	}
 	if body == nil {
 		if body, err = json.Marshal(req); err != nil {
 			return fmt.Errorf("%s to %d: encode: %w", method, to, err)
@@ -586,7 +592,11 @@ func (n *Node) callSelf(req, resp any) (bool, error) {
 	var err error
 	switch r := req.(type) {
 	case AcceptReq:
-		*resp.(*Accepted), err = n.onAccept(r)
+		var learn func()
+		*resp.(*Accepted), learn, err = n.onAccept(r)
+		if learn != nil {
+			learn()
+		}
 	case PrepareReq:
 		*resp.(*Promise), err = n.onPrepare(r)
 	case LearnReq:
@@ -597,16 +607,26 @@ func (n *Node) callSelf(req, resp any) (bool, error) {
 	return true, err
 }
 
-// Handle serves one peer request; it is what every /paxos/<method>
-// endpoint and the in-memory transport call.
+// Handle serves one peer request; it is what the in-memory transport
+// calls.
 func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, error) {
+	out, then, err := n.handle(ctx, method, body)
+	if then != nil {
+		then()
+	}
+	return out, err
+}
+
+// handle serves one peer request and returns, besides the reply, work to
+// do once the reply is on its way (nil: none). The /paxos/<method>
+// endpoints send the reply first.
+func (n *Node) handle(ctx context.Context, method string, body []byte) (out []byte, then func(), err error) {
 	select {
 	case <-n.stopped:
-		return nil, ErrStopped
+		return nil, nil, ErrStopped
 	default:
 	}
 	var resp any
-	var err error
 	switch method {
 	case methodPrepare:
 		var req PrepareReq
@@ -615,8 +635,8 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 		}
 	case methodAccept:
 		var req AcceptReq
-		if err = json.Unmarshal(body, &req); err == nil {
-			resp, err = n.onAccept(req)
+		if err = req.UnmarshalBinary(body); err == nil {
+			resp, then, err = n.onAccept(req)
 		}
 	case methodLearn:
 		var req LearnReq
@@ -630,7 +650,7 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 		}
 	case methodForward:
 		var req ForwardReq
-		if err = json.Unmarshal(body, &req); err == nil {
+		if err = req.UnmarshalBinary(body); err == nil {
 			resp = n.proposer.onForward(req)
 		}
 	case methodTimeoutNow:
@@ -644,12 +664,13 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 			resp, err = n.proposer.readIndex(ctx)
 		}
 	default:
-		return nil, fmt.Errorf("unknown peer method %q", method)
+		return nil, nil, fmt.Errorf("unknown peer method %q", method)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return json.Marshal(resp)
+	out, err = json.Marshal(resp)
+	return out, then, err
 }
 
 func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
@@ -667,17 +688,21 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 	return p, nil
 }
 
-func (n *Node) onAccept(req AcceptReq) (Accepted, error) {
+// onAccept handles phase 2a. The commit the message carries is learned
+// by the returned func, which the caller runs after sending the reply:
+// applying chosen slots to the client log is not on the leader's path to
+// a majority.
+func (n *Node) onAccept(req AcceptReq) (Accepted, func(), error) {
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
 	if err != nil {
 		n.storageFailed(err)
-		return Accepted{}, err
+		return Accepted{}, nil, err
 	}
-	if a.OK {
-		n.proposer.heardFrom(req.Ballot)
-		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
+	if !a.OK {
+		return a, nil, nil
 	}
-	return a, nil
+	n.proposer.heardFrom(req.Ballot)
+	return a, func() { n.learner.noteCommit(req.Ballot, req.Commit, req.From) }, nil
 }
 
 func (n *Node) onLearn(req LearnReq) LearnResp {

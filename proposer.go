@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"sync"
@@ -363,7 +362,7 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 		return
 	}
 	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
-	body, err := json.Marshal(req)
+	body, err := req.MarshalBinary()
 	if err != nil {
 		p.n.log.Error("encode accept", "err", err)
 		return

@@ -171,7 +171,9 @@ func startTLSCluster(t *testing.T, size int, key string) *tlsCluster {
 		}
 		cfg := Config{ID: id, Members: members, DataDir: filepath.Join(dir, fmt.Sprint(id)),
 			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, RequestTimeout: 5 * time.Second}
-		n, err := NewNode(cfg, newPeerTransport(tc.urls, key, setup.clientConfig()))
+		tr := newPeerTransport(tc.urls, key, setup.clientConfig())
+		t.Cleanup(tr.closeIdle)
+		n, err := NewNode(cfg, tr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// randomSlotValues makes n slot values with random batches: no-ops,
+// entries with and without keys, data of varied size.
+func randomSlotValues(rng *rand.Rand, n int) []SlotValue {
+	var vals []SlotValue
+	for i := 0; i < n; i++ {
+		sv := SlotValue{Slot: Slot(rng.Uint64() >> rng.Intn(64)), Ballot: Ballot{Round: uint64(rng.Intn(1000)), Node: NodeID(rng.Intn(7) + 1)}}
+		for k := rng.Intn(5); k > 0; k-- {
+			var e Entry
+			rng.Read(e.ID[:])
+			if rng.Intn(3) == 0 {
+				e.Key = strings.Repeat("k", rng.Intn(128)+1)
+			}
+			e.Data = []byte(`{"v":"` + strings.Repeat("x", rng.Intn(300)) + `"}`)
+			sv.Value.Entries = append(sv.Value.Entries, e)
+		}
+		vals = append(vals, sv)
+	}
+	return vals
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	seed := testSeed(t)
+	rng := rand.New(rand.NewSource(seed))
+	for i := 0; i < 200; i++ {
+		acc := AcceptReq{From: NodeID(rng.Intn(5) + 1), Ballot: Ballot{Round: rng.Uint64(), Node: NodeID(rng.Uint32())},
+			Commit: Slot(rng.Uint64()), Values: randomSlotValues(rng, rng.Intn(4))}
+		body, _ := acc.MarshalBinary()
+		var gotAcc AcceptReq
+		if err := gotAcc.UnmarshalBinary(body); err != nil {
+			t.Fatalf("accept %v: %v", acc, err)
+		}
+		if !reflect.DeepEqual(gotAcc, acc) {
+			t.Fatalf("accept round trip:\n got %+v\nwant %+v", gotAcc, acc)
+		}
+
+		fwd := ForwardReq{From: NodeID(rng.Intn(5) + 1)}
+		for _, sv := range randomSlotValues(rng, 2) {
+			fwd.Entries = append(fwd.Entries, sv.Value.Entries...)
+		}
+		body, _ = fwd.MarshalBinary()
+		var gotFwd ForwardReq
+		if err := gotFwd.UnmarshalBinary(body); err != nil {
+			t.Fatalf("forward: %v", err)
+		}
+		if !reflect.DeepEqual(gotFwd, fwd) {
+			t.Fatalf("forward round trip:\n got %+v\nwant %+v", gotFwd, fwd)
+		}
+
+		rec := acceptorRecord{Kind: string("pac"[rng.Intn(3)]), Promised: Ballot{Round: rng.Uint64(), Node: 3},
+			Floor: Slot(rng.Intn(100)), Values: randomSlotValues(rng, rng.Intn(4))}
+		gotRec, err := decodeAcceptorRecord(rec.encode())
+		if err != nil {
+			t.Fatalf("record: %v", err)
+		}
+		if !reflect.DeepEqual(gotRec, rec) {
+			t.Fatalf("record round trip:\n got %+v\nwant %+v", gotRec, rec)
+		}
+	}
+}
+
+// TestCodecReadsJSON: the decoders take the JSON form too (journals
+// written before the binary form, peers that send JSON).
+func TestCodecReadsJSON(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	acc := AcceptReq{From: 2, Ballot: Ballot{Round: 4, Node: 2}, Commit: 9, Values: randomSlotValues(rng, 3)}
+	body, _ := json.Marshal(acc)
+	var got AcceptReq
+	if err := got.UnmarshalBinary(body); err != nil || !reflect.DeepEqual(got, acc) {
+		t.Fatalf("accept from JSON: %v\n got %+v\nwant %+v", err, got, acc)
+	}
+	rec := acceptorRecord{Kind: "a", Promised: Ballot{Round: 4, Node: 2}, Values: randomSlotValues(rng, 2)}
+	body, _ = json.Marshal(rec)
+	gotRec, err := decodeAcceptorRecord(body)
+	if err != nil || !reflect.DeepEqual(gotRec, rec) {
+		t.Fatalf("record from JSON: %v\n got %+v\nwant %+v", err, gotRec, rec)
+	}
+	if peerContentType(body) != "application/json" {
+		t.Errorf("content type of JSON: %s", peerContentType(body))
+	}
+	bin, _ := acc.MarshalBinary()
+	if peerContentType(bin) != "application/octet-stream" {
+		t.Errorf("content type of binary: %s", peerContentType(bin))
+	}
+}
+
+// TestCodecRejectsBadInput: every cut of a valid encoding, a wrong tag,
+// trailing bytes, an unknown record kind and an impossible count are
+// errors, never a panic or a partial value taken for whole.
+func TestCodecRejectsBadInput(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	acc := AcceptReq{From: 1, Ballot: Ballot{Round: 3, Node: 1}, Commit: 7, Values: randomSlotValues(rng, 3)}
+	body, _ := acc.MarshalBinary()
+	for n := 0; n < len(body); n++ {
+		var got AcceptReq
+		if err := got.UnmarshalBinary(body[:n]); err == nil {
+			t.Fatalf("accept cut to %d of %d bytes decoded without error", n, len(body))
+		}
+	}
+	rec := acceptorRecord{Kind: "c", Promised: Ballot{Round: 3, Node: 1}, Floor: 5, Values: randomSlotValues(rng, 2)}
+	rb := rec.encode()
+	for n := 0; n < len(rb); n++ {
+		if _, err := decodeAcceptorRecord(rb[:n]); err == nil {
+			t.Fatalf("record cut to %d of %d bytes decoded without error", n, len(rb))
+		}
+	}
+	bad := map[string][]byte{
+		"trailing byte":    append(append([]byte(nil), body...), 0),
+		"record as accept": rb,
+		"huge count":       {tagAccept, 1, 3, 1, 7, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"node too large":   {tagAccept, 0xff, 0xff, 0xff, 0xff, 0x7f, 3, 1, 7, 0},
+	}
+	for name, b := range bad {
+		var got AcceptReq
+		if err := got.UnmarshalBinary(b); err == nil {
+			t.Errorf("%s: decoded without error", name)
+		}
+	}
+	if _, err := decodeAcceptorRecord([]byte{tagRecord, 'x', 1, 1, 0, 0}); err == nil {
+		t.Error("record kind 'x' decoded without error")
+	}
+	var fwd ForwardReq
+	if err := fwd.UnmarshalBinary([]byte{tagForward, 1, 2, 0}); err == nil {
+		t.Error("forward claiming 2 entries in 1 byte decoded without error")
+	}
+}
+
+// TestCodecSharesNoWritableMemory: appending to decoded data must not
+// write into the input (the acceptor keeps decoded values).
+func TestCodecSharesNoWritableMemory(t *testing.T) {
+	v := Value{Entries: []Entry{{Data: []byte(`"a"`)}, {Data: []byte(`"b"`)}}}
+	body, _ := AcceptReq{From: 1, Values: []SlotValue{{Slot: 1, Value: v}}}.MarshalBinary()
+	orig := bytes.Clone(body)
+	var got AcceptReq
+	if err := got.UnmarshalBinary(body); err != nil {
+		t.Fatal(err)
+	}
+	_ = append(got.Values[0].Value.Entries[0].Data, "zzzz"...)
+	if !bytes.Equal(body, orig) {
+		t.Fatal("appending to decoded data changed the input")
+	}
+}
+
+func FuzzDecodeAccept(f *testing.F) {
+	rng := rand.New(rand.NewSource(3))
+	good, _ := AcceptReq{From: 1, Ballot: Ballot{Round: 2, Node: 1}, Commit: 1, Values: randomSlotValues(rng, 2)}.MarshalBinary()
+	f.Add(good)
+	f.Add([]byte{tagAccept})
+	f.Add([]byte(`{"from":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m AcceptReq
+		if err := m.UnmarshalBinary(b); err != nil || isJSON(b) {
+			return
+		}
+		again, _ := m.MarshalBinary()
+		var m2 AcceptReq
+		if err := m2.UnmarshalBinary(again); err != nil || !reflect.DeepEqual(m, m2) {
+			t.Fatalf("re-encoding a decoded accept: %v\n%+v\n%+v", err, m, m2)
+		}
+	})
+}
