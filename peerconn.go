@@ -145,9 +145,10 @@ var errNoAnswer = errors.New("connection closed before an answer")
 
 // call posts body to /paxos/<method> and returns the status and the body
 // of the answer. A connection that was idle in the pool may have been
-// closed by the peer (or a proxy) meanwhile; such a call is tried once
-// more on a fresh connection. Paxos messages may be duplicated, so a
-// repeat is harmless even if the first one got through.
+// closed by the peer (it restarted, or a proxy timed it out) meanwhile;
+// then the other idle ones likely were too: they are all closed and the
+// call is tried once more on a fresh connection. Paxos messages may be
+// duplicated, so a repeat is harmless even if the first one got through.
 func (p *peerPool) call(ctx context.Context, method string, body []byte) (int, []byte, error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused, err := p.get(ctx)
@@ -158,6 +159,7 @@ func (p *peerPool) call(ctx context.Context, method string, body []byte) (int, [
 		if err != nil {
 			pc.Close()
 			if reused && attempt == 0 && errors.Is(err, errNoAnswer) && ctx.Err() == nil {
+				p.closeIdle()
 				continue
 			}
 			return 0, nil, err
