@@ -63,7 +63,14 @@ type learnerRecord struct {
 }
 
 func (r learnerRecord) encode() []byte {
-	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(r.ID)+len(r.Data))
+	return r.appendTo(make([]byte, 0, learnerRecordOverhead+len(r.Key)+len(r.Data)))
+}
+
+// learnerRecordOverhead bounds a record's bytes besides its key and data.
+const learnerRecordOverhead = 5*binary.MaxVarintLen64 + len(EntryID{})
+
+// appendTo appends the encoded record to b.
+func (r learnerRecord) appendTo(b []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(r.Slot))
 	b = binary.AppendUvarint(b, uint64(r.Pos))
 	b = binary.AppendUvarint(b, uint64(r.N))
@@ -201,7 +208,7 @@ func (l *Learner) load(floor Slot) error {
 		if err != nil {
 			return err
 		}
-		l.remember(i, Entry{ID: rec.ID, Key: rec.Key})
+		l.remember(i, rec.ID, Entry{ID: rec.ID, Key: rec.Key}.identity())
 	}
 	return nil
 }
@@ -235,16 +242,15 @@ type Applied struct {
 }
 
 // remember records e at index i and forgets what fell out of the window.
-func (l *Learner) remember(i Index, e Entry) {
+func (l *Learner) remember(i Index, id EntryID, k string) {
 	if i > l.window {
 		old := l.ring[i%l.window]
 		if a, ok := l.recent[old]; ok && a.index == i-l.window {
 			delete(l.recent, old)
 		}
 	}
-	k := e.identity()
 	l.ring[i%l.window] = k
-	l.recent[k] = appliedEntry{index: i, id: e.ID}
+	l.recent[k] = appliedEntry{index: i, id: id}
 }
 
 // chosen hands the learner a chosen slot. Slots may arrive in any order
@@ -294,21 +300,41 @@ func (l *Learner) drainLocked(b Ballot, commit Slot) {
 
 // applyLocked appends slot's entries to the client log (L2, L3).
 func (l *Learner) applyLocked(slot Slot, v Value) error {
+	// Within one value entry ids are unique (the leader queues an id
+	// once); Idempotency-Keys may repeat, so only keyed entries are
+	// checked against each other.
 	var fresh []Entry
-	seen := make(map[string]bool, len(v.Entries))
+	var keys []string // identity of each fresh entry
+	var seenKeys map[string]bool
 	for _, e := range v.Entries {
 		k := e.identity()
-		if _, dup := l.recent[k]; dup || seen[k] {
+		if _, dup := l.recent[k]; dup {
 			continue
 		}
-		seen[k] = true
+		if e.Key != "" {
+			if seenKeys[k] {
+				continue
+			}
+			if seenKeys == nil {
+				seenKeys = make(map[string]bool)
+			}
+			seenKeys[k] = true
+		}
 		fresh = append(fresh, e)
+		keys = append(keys, k)
 	}
 	if len(fresh) > 0 {
 		payloads := make([][]byte, len(fresh))
+		size := 0
+		for _, e := range fresh {
+			size += learnerRecordOverhead + len(e.Key) + len(e.Data)
+		}
+		buf := make([]byte, 0, size) // one allocation for every record
 		now := time.Now().UnixNano()
 		for i, e := range fresh {
-			payloads[i] = learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}.encode()
+			start := len(buf)
+			buf = learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}.appendTo(buf)
+			payloads[i] = buf[start:len(buf):len(buf)]
 		}
 		lastRec, err := l.journal.Append(payloads...)
 		if err != nil {
@@ -317,10 +343,10 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		if Index(lastRec) != l.last+Index(len(fresh)) {
 			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
 		}
-		for _, e := range fresh {
+		for i, e := range fresh {
 			l.last++
-			l.remember(l.last, e)
-			k := e.identity()
+			k := keys[i]
+			l.remember(l.last, e.ID, k)
 			for _, w := range l.waiters[k] {
 				w.ch <- Applied{Index: l.last, Duplicate: w.id != e.ID}
 			}

@@ -79,6 +79,7 @@ type journal struct {
 	segBytes int    // estimated bytes in the tail segment
 	segCount int    // segment files seen at the last directory sync
 	batch    wal.Batch
+	sealBuf  []byte // one record with its checksum; the batch copies it
 }
 
 // openJournal opens (or creates) the journal in dir, repairing a torn tail:
@@ -243,10 +244,13 @@ func syncDir(dir string) error {
 }
 
 func sealRecord(payload []byte) []byte {
-	out := make([]byte, 4+len(payload))
-	binary.LittleEndian.PutUint32(out, crc32.Checksum(payload, crcTable))
-	copy(out[4:], payload)
-	return out
+	return appendSealed(make([]byte, 0, 4+len(payload)), payload)
+}
+
+// appendSealed appends payload with its checksum in front to b.
+func appendSealed(b, payload []byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, crcTable))
+	return append(b, payload...)
 }
 
 func checkRecord(raw []byte) ([]byte, bool) {
@@ -271,9 +275,9 @@ func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 	}
 	j.batch.Clear()
 	for i, p := range payloads {
-		rec := sealRecord(p)
-		j.segBytes += len(rec) + binary.MaxVarintLen32
-		j.batch.Write(last+uint64(i)+1, rec)
+		j.sealBuf = appendSealed(j.sealBuf[:0], p)
+		j.segBytes += len(j.sealBuf) + binary.MaxVarintLen32
+		j.batch.Write(last+uint64(i)+1, j.sealBuf)
 	}
 	if err := j.log.WriteBatch(&j.batch); err != nil {
 		return 0, j.fail(fmt.Errorf("append at %d: %w", last+1, err))
