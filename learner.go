@@ -62,10 +62,6 @@ type learnerRecord struct {
 	Data []byte
 }
 
-func (r learnerRecord) encode() []byte {
-	return r.appendTo(make([]byte, 0, learnerRecordOverhead+len(r.Key)+len(r.Data)))
-}
-
 // learnerRecordOverhead bounds a record's bytes besides its key and data.
 const learnerRecordOverhead = 5*binary.MaxVarintLen64 + len(EntryID{})
 

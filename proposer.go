@@ -31,6 +31,10 @@ import (
 //   - P3: slots < start are applied before leadership begins, including
 //     every slot <= the highest promise floor (acceptor invariant A4), so
 //     no promise majority lacks a slot that might be chosen.
+//   - P4: no value holds one entry id twice: an id is queued at most once
+//     while it is queued or in flight (leaderState.enqueue), and a value is
+//     cut from the queue. The learner relies on it (applyLocked checks
+//     repeats within a value only among Idempotency-Keys).
 
 // proposal is one slot in phase 2 under the current ballot.
 type proposal struct {
