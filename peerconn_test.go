@@ -150,7 +150,11 @@ func TestPeerTransportContextEndsCall(t *testing.T) {
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("call took %v after its context ended", d)
 		}
-		out, err := tr.Call(context.Background(), 2, "learn", []byte(`{"after":1}`))
+		// A cut-off connection must not go back to the pool: a call on it
+		// would wait behind the held request, or read its answer.
+		next, cancelNext := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := tr.Call(next, 2, "learn", []byte(`{"after":1}`))
+		cancelNext()
 		if err != nil || string(out) != `learn|application/json||{"after":1}` {
 			t.Fatalf("next call: %q, %v", out, err)
 		}
