@@ -66,13 +66,20 @@ func appendBallot(b []byte, bal Ballot) []byte {
 	return binary.AppendUvarint(b, uint64(bal.Node))
 }
 
+// valuesSize bounds the encoded size of vals (a capacity hint).
 func valuesSize(vals []SlotValue) int {
-	n := 16
+	n := binary.MaxVarintLen64
 	for _, sv := range vals {
-		n += 32
-		for _, e := range sv.Value.Entries {
-			n += minEntryBytes + 2*binary.MaxVarintLen32 + len(e.Key) + len(e.Data)
-		}
+		n += 4*binary.MaxVarintLen64 + entriesSize(sv.Value.Entries)
+	}
+	return n
+}
+
+// entriesSize bounds the encoded size of a value holding es.
+func entriesSize(es []Entry) int {
+	n := binary.MaxVarintLen64
+	for _, e := range es {
+		n += minEntryBytes + 2*binary.MaxVarintLen32 + len(e.Key) + len(e.Data)
 	}
 	return n
 }
@@ -101,7 +108,7 @@ func (m *AcceptReq) UnmarshalBinary(p []byte) error {
 
 // MarshalBinary encodes m in the binary form.
 func (m ForwardReq) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, 16+valuesSize([]SlotValue{{Value: Value{Entries: m.Entries}}}))
+	b := make([]byte, 0, 16+entriesSize(m.Entries))
 	b = append(b, tagForward)
 	b = binary.AppendUvarint(b, uint64(m.From))
 	return appendValue(b, Value{Entries: m.Entries}), nil

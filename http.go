@@ -358,7 +358,7 @@ func (s *server) peer(method string) echo.HandlerFunc {
 // that an HTTP proxy from the environment applies to.
 type httpTransport struct {
 	client *http.Client
-	pools  map[NodeID]*peerPool // nil entry: through client
+	pools  map[NodeID]*peerPool // no entry: through client
 	peers  map[NodeID]string    // base URL per member
 	key    string
 }
@@ -441,9 +441,7 @@ func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body
 // closeIdle closes the idle peer connections.
 func (t *httpTransport) closeIdle() {
 	for _, pool := range t.pools {
-		if pool != nil {
-			pool.closeIdle()
-		}
+		pool.closeIdle()
 	}
 	t.client.CloseIdleConnections()
 }
