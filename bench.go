@@ -30,9 +30,11 @@ import (
 )
 
 // bench.go: `paxoslog bench`, a load generator for a paxoslog cluster (or,
-// for comparison, etcd's v3 JSON gateway). Standard library only: one
-// shared keep-alive http.Transport, N client goroutines issuing one request
-// at a time each, latencies in a fixed-size histogram per client (no
+// for comparison, etcd's v3 JSON gateway). Standard library only: N client
+// goroutines issuing one request at a time each on keep-alive connections
+// of their own (h1conn.go: the tool should not be what limits the
+// servers; through http.Client it spent twice the CPU per request), feeds
+// through net/http, latencies in a fixed-size histogram per client (no
 // per-op growth), merged at the end.
 //
 // A run is bounded whatever the flags say: it stops at --duration or
@@ -351,9 +353,9 @@ type benchClient struct {
 	num    int
 	hist   benchHistogram
 	errs   map[string]int64
-	body   bytes.Buffer // reused response body
-	recent uint64       // read workload: the log's last index as last seen
-	seq    int64        // ops issued, warmup included: the next op's id
+	body   []byte // reused response body
+	recent uint64 // read workload: the log's last index as last seen
+	seq    int64  // ops issued, warmup included: the next op's id
 	stream *http.Response
 }
 
@@ -361,9 +363,9 @@ type benchClient struct {
 // counters for the progress line.
 type benchRun struct {
 	cfg       *benchConfig
+	pools     map[string]*connPool // per target; for appends, reads and status
 	tr        *http.Transport
-	hc        *http.Client // request timeout; for appends and reads
-	stream    *http.Client // no timeout; for feeds
+	stream    *http.Client // for feeds
 	runID     string       // 8 hex digits in every op id of this run
 	pad       []byte       // the "xxx..." that pads a payload to --size
 	etcdReads [][]byte     // read workload on etcd: the key each client reads
@@ -384,7 +386,7 @@ type benchRun struct {
 	appendErrs map[string]int64
 }
 
-func newBenchRun(cfg *benchConfig) *benchRun {
+func newBenchRun(cfg *benchConfig) (*benchRun, error) {
 	conns := cfg.clients + 16
 	if cfg.workload == "feed" {
 		conns += benchAppenders
@@ -401,8 +403,8 @@ func newBenchRun(cfg *benchConfig) *benchRun {
 	rand.Read(id[:])
 	b := &benchRun{
 		cfg:        cfg,
+		pools:      map[string]*connPool{},
 		tr:         tr,
-		hc:         &http.Client{Transport: tr, Timeout: benchRequestTimeout},
 		stream:     &http.Client{Transport: tr},
 		runID:      hex.EncodeToString(id[:]),
 		pad:        bytes.Repeat([]byte{'x'}, cfg.size-benchMinSize),
@@ -413,7 +415,22 @@ func newBenchRun(cfg *benchConfig) *benchRun {
 	if b.limit == 0 {
 		b.limit = benchMaxOps
 	}
-	return b
+	for _, t := range cfg.targets {
+		p, err := newConnPool(t, nil, conns)
+		if err != nil {
+			return nil, err
+		}
+		b.pools[t] = p
+	}
+	return b, nil
+}
+
+// close closes every idle connection of the run.
+func (b *benchRun) close() {
+	for _, p := range b.pools {
+		p.closeIdle()
+	}
+	b.tr.CloseIdleConnections()
 }
 
 // opID is the id of op seq of client num: run-client-seq, benchIDLen bytes.
@@ -451,84 +468,67 @@ func errorKind(err error) string {
 	return "other"
 }
 
-// do sends req and reads the whole answer into body, so that the
-// connection goes back to the pool. It fails unless the status is one of ok.
-func (b *benchRun) do(req *http.Request, body *bytes.Buffer, ok ...int) error {
-	resp, err := b.hc.Do(req)
+// benchMaxBody bounds an answer's body.
+const benchMaxBody = 16 << 20
+
+// do sends req to target within benchRequestTimeout and reads the answer
+// into *body (reusing its space). It fails unless the status is one of ok.
+// Nothing is sent twice: an append that failed is counted, not repeated.
+func (b *benchRun) do(ctx context.Context, target string, req *h1Request, body *[]byte, ok ...int) error {
+	req.timeout = benchRequestTimeout
+	resp, err := b.pools[target].do(ctx, req, *body, benchMaxBody, false)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	body.Reset()
-	if _, err := body.ReadFrom(resp.Body); err != nil {
-		return err
-	}
-	if !slices.Contains(ok, resp.StatusCode) {
-		return &statusError{resp.StatusCode}
+	*body = resp.body
+	if !slices.Contains(ok, resp.status) {
+		return &statusError{resp.status}
 	}
 	return nil
 }
 
 // appendOp writes op seq of client num to target.
-func (b *benchRun) appendOp(ctx context.Context, body *bytes.Buffer, target string, num int, seq int64) error {
+func (b *benchRun) appendOp(ctx context.Context, body *[]byte, target string, num int, seq int64) error {
 	p := b.payload(num, seq)
 	if b.cfg.system == "etcd" {
 		return b.etcdPut(ctx, body, target, p[len(`{"k":"`):len(`{"k":"`)+benchIDLen], p)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target+"/v1/log", bytes.NewReader(p))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
+	req := h1Request{method: "POST", path: "/v1/log", contentType: "application/json", body: p}
 	if b.cfg.idempotent {
-		req.Header.Set("Idempotency-Key", string(p[len(`{"k":"`):len(`{"k":"`)+benchIDLen]))
+		req.headerName, req.headerValue = "Idempotency-Key", string(p[len(`{"k":"`):len(`{"k":"`)+benchIDLen])
 	}
 	// 200 is the answer to a repeated Idempotency-Key: nothing appended.
-	return b.do(req, body, http.StatusCreated, http.StatusOK)
+	return b.do(ctx, target, &req, body, http.StatusCreated, http.StatusOK)
 }
 
 // etcdPut writes key (under benchEtcdPrefix) = value through etcd's JSON
 // gateway, which wants both base64-encoded.
-func (b *benchRun) etcdPut(ctx context.Context, body *bytes.Buffer, target string, id, value []byte) error {
+func (b *benchRun) etcdPut(ctx context.Context, body *[]byte, target string, id, value []byte) error {
 	r := make([]byte, 0, 32+base64.StdEncoding.EncodedLen(len(benchEtcdPrefix)+len(id))+base64.StdEncoding.EncodedLen(len(value)))
 	r = append(r, `{"key":"`...)
 	r = base64.StdEncoding.AppendEncode(r, append([]byte(benchEtcdPrefix), id...))
 	r = append(r, `","value":"`...)
 	r = base64.StdEncoding.AppendEncode(r, value)
 	r = append(r, `"}`...)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target+"/v3/kv/put", bytes.NewReader(r))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return b.do(req, body, http.StatusOK)
+	req := h1Request{method: "POST", path: "/v3/kv/put", contentType: "application/json", body: r}
+	return b.do(ctx, target, &req, body, http.StatusOK)
 }
 
 // readOp is one linearizable read: the log's newest entry on paxoslog,
 // the client's own key on etcd.
 func (b *benchRun) readOp(ctx context.Context, c *benchClient, target string) error {
-	var req *http.Request
-	var err error
+	req := h1Request{method: "GET", path: "/v1/log?limit=1&from=" + strconv.FormatUint(max(c.recent, 1), 10)}
 	if b.cfg.system == "etcd" {
-		req, err = http.NewRequestWithContext(ctx, http.MethodPost, target+"/v3/kv/range", bytes.NewReader(b.etcdReads[c.num]))
-		if err == nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-	} else {
-		req, err = http.NewRequestWithContext(ctx, http.MethodGet,
-			target+"/v1/log?limit=1&from="+strconv.FormatUint(max(c.recent, 1), 10), nil)
+		req = h1Request{method: "POST", path: "/v3/kv/range", contentType: "application/json", body: b.etcdReads[c.num]}
 	}
-	if err != nil {
-		return err
-	}
-	if err := b.do(req, &c.body, http.StatusOK); err != nil {
+	if err := b.do(ctx, target, &req, &c.body, http.StatusOK); err != nil {
 		return err
 	}
 	if b.cfg.system == "paxoslog" {
 		var r struct {
 			Last uint64 `json:"last"`
 		}
-		if json.Unmarshal(c.body.Bytes(), &r) == nil && r.Last > 0 {
+		if json.Unmarshal(c.body, &r) == nil && r.Last > 0 {
 			c.recent = r.Last
 		}
 	}
@@ -537,18 +537,14 @@ func (b *benchRun) readOp(ctx context.Context, c *benchClient, target string) er
 
 // lastIndex asks target for the log's last index.
 func (b *benchRun) lastIndex(ctx context.Context, target string) (uint64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target+"/v1/status", nil)
-	if err != nil {
-		return 0, err
-	}
-	var body bytes.Buffer
-	if err := b.do(req, &body, http.StatusOK); err != nil {
+	var body []byte
+	if err := b.do(ctx, target, &h1Request{method: "GET", path: "/v1/status"}, &body, http.StatusOK); err != nil {
 		return 0, fmt.Errorf("status from %s: %w", target, err)
 	}
 	var st struct {
 		Last uint64 `json:"last"`
 	}
-	if err := json.Unmarshal(body.Bytes(), &st); err != nil {
+	if err := json.Unmarshal(body, &st); err != nil {
 		return 0, fmt.Errorf("status from %s: %w", target, err)
 	}
 	return st.Last, nil
@@ -561,7 +557,7 @@ func (b *benchRun) setup(ctx context.Context, clients []*benchClient) error {
 	switch {
 	case b.cfg.workload == "read" && b.cfg.system == "etcd":
 		b.etcdReads = make([][]byte, len(clients))
-		var body bytes.Buffer
+		var body []byte
 		for i, c := range clients {
 			id := b.opID(nil, c.num, 0)
 			if err := b.etcdPut(ctx, &body, target, id, b.payload(c.num, 0)); err != nil {
@@ -576,7 +572,7 @@ func (b *benchRun) setup(ctx context.Context, clients []*benchClient) error {
 			return err
 		}
 		if last == 0 {
-			var body bytes.Buffer
+			var body []byte
 			if err := b.appendOp(ctx, &body, target, 0, 0); err != nil {
 				return fmt.Errorf("seeding an empty log at %s: %w", target, err)
 			}
@@ -622,8 +618,11 @@ func runBench(ctx context.Context, cfg *benchConfig, stderr io.Writer) (*benchRe
 	interrupted := ctx
 	ctx, cancel := context.WithTimeout(ctx, benchMaxTime)
 	defer cancel()
-	b := newBenchRun(cfg)
-	defer b.tr.CloseIdleConnections()
+	b, err := newBenchRun(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer b.close()
 
 	clients := make([]*benchClient, cfg.clients)
 	for i := range clients {
@@ -784,7 +783,7 @@ func (b *benchRun) appendAtRate(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var body bytes.Buffer
+			var body []byte
 			for seq := range jobs {
 				b.appendOne(ctx, &body, seq)
 			}
@@ -825,7 +824,7 @@ loop:
 
 // appendOne sends feed append seq and notes when it was sent and whether
 // it was acknowledged.
-func (b *benchRun) appendOne(ctx context.Context, body *bytes.Buffer, seq int64) {
+func (b *benchRun) appendOne(ctx context.Context, body *[]byte, seq int64) {
 	sent := time.Now()
 	b.sentAt[seq%benchRingSize].Store(int64(sent.Sub(b.start)))
 	target := b.cfg.targets[int(seq%int64(len(b.cfg.targets)))]
@@ -846,7 +845,7 @@ func (b *benchRun) appendOne(ctx context.Context, body *bytes.Buffer, seq int64)
 	if measured {
 		b.appends.Add(1)
 	}
-	i, ok := benchLineIndex(body.Bytes()) // {"index":i}
+	i, ok := benchLineIndex(*body) // {"index":i}
 	for ok {
 		m := b.ackedIndex.Load()
 		if i <= m || b.ackedIndex.CompareAndSwap(m, i) {
