@@ -172,7 +172,7 @@ func (s *server) appendEntry(c echo.Context) error {
 		return err
 	}
 	idx := strconv.AppendUint(nil, uint64(a.Index), 10)
-	c.Response().Header().Set("Location", "/v1/log/"+string(idx))
+	c.Response().Header()["Location"] = []string{"/v1/log/" + string(idx)} // canonical already
 	if a.Duplicate {
 		// The same key is already in the log: nothing was appended.
 		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(append([]byte(`{"index":`), idx...), `,"duplicate":true}`...))

@@ -724,7 +724,6 @@ func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, er
 	start := time.Now()
 	e := Entry{ID: n.ids.next(), Key: key, Data: data}
 	ch := n.learner.await(e)
-	defer n.learner.unawait(e)
 	select {
 	case a := <-ch: // the key is already in the log: nothing to append
 		n.metrics.idempotentHits.Inc()
@@ -733,21 +732,25 @@ func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, er
 	}
 	n.proposer.submit(e)
 	defer n.proposer.forget(e.ID)
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
-	defer cancel()
+	// A timer rather than context.WithTimeout: a child context would be
+	// linked into and out of the request's context on every append (4%
+	// of a loaded leader's CPU went to that).
+	timeout := time.NewTimer(n.cfg.RequestTimeout)
+	defer timeout.Stop()
 	select {
-	case a := <-ch:
+	case a := <-ch: // the learner dropped the waiter as it answered
 		n.metrics.appendLatency.Observe(time.Since(start).Seconds())
 		if a.Duplicate {
 			n.metrics.idempotentHits.Inc()
 		}
 		return a, nil
+	case <-timeout.C:
 	case <-ctx.Done():
-		n.metrics.appendErrors.Inc()
-		return Applied{}, n.waitErr(ctx)
 	case <-n.stopped:
-		return Applied{}, ErrStopped
 	}
+	n.learner.unawait(e)
+	n.metrics.appendErrors.Inc()
+	return Applied{}, n.waitErr(ctx)
 }
 
 // ReadBarrier returns once this node has applied every value chosen before
