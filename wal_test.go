@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -386,10 +387,15 @@ func TestJournalTruncateFront(t *testing.T) {
 			if err := j.Sync(); err != nil {
 				t.Fatalf("sync: %v", err)
 			}
+			before, _ := segmentFiles(dir)
 			if err := j.TruncateFront(21); err != nil {
 				t.Fatalf("truncate front: %v", err)
 			}
 			checkJournalRecords(t, j, 21, 30)
+			checkTrashEmpty(t, j)
+			if after, _ := segmentFiles(dir); size == smallSegments && len(after) >= len(before) {
+				t.Fatalf("segments before truncating: %d, after: %d; want fewer", len(before), len(after))
+			}
 			if err := j.TruncateFront(21); err != nil {
 				t.Fatalf("repeat truncate front: %v", err)
 			}
@@ -413,6 +419,7 @@ func TestJournalTruncateFront(t *testing.T) {
 			if first, last := j.Bounds(); first != 36 || last != 35 {
 				t.Fatalf("bounds after truncating everything = %d..%d, want 36..35", first, last)
 			}
+			checkTrashEmpty(t, j)
 			if err := j.Close(); err != nil {
 				t.Fatalf("close: %v", err)
 			}
@@ -424,6 +431,53 @@ func TestJournalTruncateFront(t *testing.T) {
 			appendJournalRecords(t, j, 36, 37)
 			checkJournalRecords(t, j, 36, 37)
 		})
+	}
+}
+
+// checkTrashEmpty: the segment files a truncation dropped are gone for
+// good, not parked under a second name.
+func checkTrashEmpty(t *testing.T, j *journal) {
+	t.Helper()
+	ents, err := os.ReadDir(j.trashDir())
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(ents) > 0 {
+		t.Fatalf("trash holds %d files after a truncation, want none", len(ents))
+	}
+}
+
+// TestJournalEmptiesTrashAtOpen: a crash between parking segment files in
+// the trash and emptying it leaves files there; they are not records, and
+// the next open removes them.
+func TestJournalEmptiesTrashAtOpen(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts := journalOptions{SegmentSize: smallSegments}
+	j := openTestJournal(t, dir, opts)
+	appendJournalRecords(t, j, 1, 30)
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := segmentFiles(dir)
+	if len(segs) < 2 {
+		t.Fatalf("want several segments, got %d", len(segs))
+	}
+	// What a crash right after trashSegmentsLocked leaves: the first
+	// segment under a second name, and a stray copy of another name.
+	if links := j.trashSegmentsLocked(1); len(links) != 1 {
+		t.Fatalf("parked %d files for record 1, want 1", len(links))
+	}
+	if err := os.WriteFile(filepath.Join(j.trashDir(), "00000000000000099999"), []byte("junk"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	j = openTestJournal(t, dir, opts)
+	checkJournalRecords(t, j, 1, 30)
+	if _, err := os.Stat(j.trashDir()); !os.IsNotExist(err) {
+		t.Fatalf("trash after open: %v, want it gone", err)
 	}
 }
 
