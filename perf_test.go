@@ -51,21 +51,37 @@ func BenchmarkAcceptorBatchAccept(b *testing.B) {
 // BenchmarkLearnerApply: applying one chosen 64-entry slot to the client
 // log (no fsync: the learner syncs in the background).
 func BenchmarkLearnerApply(b *testing.B) {
-	n, err := NewNode(Config{ID: 1, DataDir: b.TempDir()}, nil)
-	if err != nil {
-		b.Fatal(err)
+	// empty: a fresh log; full window: the steady state of a busy node,
+	// whose dedup window (defaultDedupWindow indices) is full, so every
+	// entry applied also evicts one.
+	for _, prefill := range []int{0, defaultDedupWindow} {
+		name := "empty"
+		if prefill > 0 {
+			name = "full window"
+		}
+		b.Run(name, func(b *testing.B) {
+			n, err := NewNode(Config{ID: 1, DataDir: b.TempDir()}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer n.Close()
+			slot := Slot(0)
+			for range prefill / 64 {
+				slot++
+				n.learner.chosen(SlotValue{Slot: slot, Value: batchValue(slot, 64, 100)})
+			}
+			vals := make([]Value, b.N)
+			for i := range vals {
+				vals[i] = batchValue(slot+Slot(i+1), 64, 100)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				n.learner.chosen(SlotValue{Slot: slot + Slot(i+1), Value: vals[i]})
+			}
+			b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "entries/s")
+		})
 	}
-	defer n.Close()
-	vals := make([]Value, b.N)
-	for i := range vals {
-		vals[i] = batchValue(Slot(i+1), 64, 100)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		n.learner.chosen(SlotValue{Slot: Slot(i + 1), Value: vals[i]})
-	}
-	b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "entries/s")
 }
 
 // BenchmarkMessageEncoding: encoding and decoding one accept message
