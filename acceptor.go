@@ -17,7 +17,11 @@ import (
 //     raises promised to that ballot.
 //   - A3: no reply leaves before the journal holds, synced, every record
 //     written up to and including the request's own (group commit may
-//     share one fsync among many requests, never skip one).
+//     share one fsync among many requests, never skip one). The one
+//     exception answers no one: AcceptUnsynced, the leader's acceptance of
+//     its own proposals, which its proposer counts only after Sync
+//     (proposer invariant P5). Any later reply syncs it too, as it syncs
+//     every record before its own.
 //   - A4: state for slots <= floor is dropped only once those slots are
 //     chosen and stored, synced, in this node's learner log; every promise
 //     reports floor so a new leader learns those slots before it proposes.
@@ -215,6 +219,36 @@ func (a *Acceptor) Accept(b Ballot, vals []SlotValue) (Accepted, error) {
 		return Accepted{}, fmt.Errorf("accept %s: %w", b, err)
 	}
 	return r, nil
+}
+
+// AcceptUnsynced is Accept for the leader's own proposals without the
+// fsync: it journals the acceptance and returns its record number, to
+// pass to Sync before the acceptance may count toward a majority (A3, P5).
+// Should the node crash first, the acceptance is lost, which is safe: no
+// one was told of it.
+func (a *Acceptor) AcceptUnsynced(b Ballot, vals []SlotValue) (Accepted, uint64, error) {
+	var r Accepted
+	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+		var rec *acceptorRecord
+		r, rec = s.accept(b, vals)
+		return rec
+	})
+	if err == nil && a.hook != nil {
+		err = a.hook("written")
+	}
+	if err != nil {
+		return Accepted{}, 0, fmt.Errorf("accept %s: %w", b, err)
+	}
+	return r, seq, nil
+}
+
+// Sync returns once record seq and every one before it are synced.
+func (a *Acceptor) Sync(seq uint64) error {
+	err := a.journal.SyncTo(seq)
+	if err == nil && a.hook != nil {
+		err = a.hook("synced")
+	}
+	return err
 }
 
 // transition runs f under the lock, journals its record and returns once

@@ -705,6 +705,21 @@ func (n *Node) onAccept(req AcceptReq) (Accepted, func(), error) {
 	return a, func() { n.learner.noteCommit(req.Ballot, req.Commit, req.From) }, nil
 }
 
+// acceptOwn is onAccept for this node's own proposals while it leads:
+// the acceptance is journaled but not synced, and seq is the record that
+// Acceptor.Sync must cover before the acceptance counts (invariant P5).
+func (n *Node) acceptOwn(req AcceptReq) (a Accepted, seq uint64, err error) {
+	a, seq, err = n.acceptor.AcceptUnsynced(req.Ballot, req.Values)
+	if err != nil {
+		n.storageFailed(err)
+		return Accepted{}, 0, err
+	}
+	if a.OK {
+		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
+	}
+	return a, seq, nil
+}
+
 func (n *Node) onLearn(req LearnReq) LearnResp {
 	promised := n.acceptor.Promised()
 	ok := !req.Ballot.Less(promised)

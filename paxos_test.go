@@ -521,3 +521,57 @@ func TestRestartedNodeNeverReusesABallot(t *testing.T) {
 		t.Fatalf("ballot %s after the restart, not above %s before it", after, before)
 	}
 }
+
+// TestLeaderOwnAcceptanceIsLazy: with both followers answering, the leader
+// journals its own acceptances without an fsync and the followers'
+// acknowledgements choose the values (P5); with one follower cut off, no
+// value can be chosen without the leader's acceptance, so the leader syncs
+// it before counting it, and appends still go through; a leader that
+// crashes with unsynced acceptances loses nothing acknowledged.
+func TestLeaderOwnAcceptanceIsLazy(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	var followers []NodeID
+	for _, id := range c.members {
+		if id != leader {
+			followers = append(followers, id)
+		}
+	}
+	const fsyncs = `paxoslog_fsync_duration_seconds_count{journal="acceptor"}`
+	c.mustAppend(leader, `"warm"`) // followers' contact is fresh from here on
+	leaderBefore := scrape(t, c.node(leader), fsyncs)
+	followerBefore := scrape(t, c.node(followers[0]), fsyncs)
+	const n = 20
+	for i := 0; i < n; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`{"lazy":%d}`, i))
+	}
+	if got := scrape(t, c.node(followers[0]), fsyncs) - followerBefore; got < n {
+		t.Errorf("a follower synced its acceptor %v times for %d sequential appends, want at least %d", got, n, n)
+	}
+	if got := scrape(t, c.node(leader), fsyncs) - leaderBefore; got >= n {
+		t.Errorf("the leader synced its own acceptances %v times for %d appends with both followers up, want fewer", got, n)
+	}
+
+	// One follower away: every value needs the leader's own acceptance,
+	// synced.
+	c.net.partition([]NodeID{followers[1]}, []NodeID{leader, followers[0]})
+	leaderBefore = scrape(t, c.node(leader), fsyncs)
+	for i := 0; i < n; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`{"one follower":%d}`, i))
+	}
+	if got := scrape(t, c.node(leader), fsyncs) - leaderBefore; got < n {
+		t.Errorf("with one follower cut off the leader synced %v times for %d appends, want at least %d", got, n, n)
+	}
+	c.net.heal()
+
+	// Crash the leader right after it journals an acceptance unsynced.
+	c.mustAppend(leader, `"fresh contact"`)
+	c.arm(leader, "written")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	c.appendTo(ctx, leader, `"at the crash"`) // acknowledged or not, check decides
+	cancel()
+	waitFor(t, 5*time.Second, "the armed leader to crash", func() bool { return c.node(leader) == nil })
+	c.start(leader)
+	c.mustAppend(c.leader(5*time.Second), `"after"`)
+	c.check()
+}
