@@ -389,8 +389,9 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 // journals its own acceptance without an fsync and does not count it
 // (P5). In the usual case the followers' acknowledgements choose the
 // value, and the leader's disk is spared an fsync per round, one of three
-// that would otherwise run at once (1-client appends/s +10% on the test
-// machine, where concurrent fsyncs slow each other). Should the
+// that would otherwise run at once and slow each other (on the test
+// machine: server CPU per append -10%, appends/s +2% at 1 client and +4%
+// at 64, the followers' fsyncs a little faster). Should the
 // acknowledgements leave a slot one short, onAccepted schedules a sync of
 // the leader's own acceptance, which then counts. Retransmissions and
 // leaders without such followers sync at once, as peers do.
