@@ -354,7 +354,7 @@ func (s *server) peer(method string) echo.HandlerFunc {
 }
 
 // httpTransport sends peer messages as HTTP POSTs to /paxos/<method>, on
-// connections of its own (peerconn.go), or through net/http for a peer
+// connections of its own (h1conn.go), or through net/http for a peer
 // that an HTTP proxy from the environment applies to.
 type httpTransport struct {
 	client *http.Client
