@@ -517,9 +517,11 @@ func (b *benchRun) etcdPut(ctx context.Context, body *[]byte, target string, id,
 // readOp is one linearizable read: the log's newest entry on paxoslog,
 // the client's own key on etcd.
 func (b *benchRun) readOp(ctx context.Context, c *benchClient, target string) error {
-	req := h1Request{method: "GET", path: "/v1/log?limit=1&from=" + strconv.FormatUint(max(c.recent, 1), 10)}
+	var req h1Request
 	if b.cfg.system == "etcd" {
 		req = h1Request{method: "POST", path: "/v3/kv/range", contentType: "application/json", body: b.etcdReads[c.num]}
+	} else {
+		req = h1Request{method: "GET", path: "/v1/log?limit=1&from=" + strconv.FormatUint(max(c.recent, 1), 10)}
 	}
 	if err := b.do(ctx, target, &req, &c.body, http.StatusOK); err != nil {
 		return err
