@@ -19,6 +19,9 @@
 #   SIZE=100            bytes per value
 #   PAXOSLOG_TARGETS=all   all: spread over the three nodes; leader: only the leader
 #   ETCD_TARGETS=leader    leader: only etcd's leader; all: spread over the three members
+#   PROCS=                 GOMAXPROCS for every server of both systems (empty: Go's
+#                          default, one per core); PROCS=1 gives each of the six
+#                          servers one scheduler thread, see README "Performance"
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-"1 16 64"}
@@ -27,6 +30,7 @@ DURATION=${DURATION:-10s}
 SIZE=${SIZE:-100}
 PAXOSLOG_TARGETS=${PAXOSLOG_TARGETS:-all}
 ETCD_TARGETS=${ETCD_TARGETS:-leader}
+PROCS=${PROCS:-}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { echo "race: $*" >&2; }
@@ -37,6 +41,10 @@ die() {
 
 case $PAXOSLOG_TARGETS in all | leader) ;; *) die "PAXOSLOG_TARGETS must be all or leader, got '$PAXOSLOG_TARGETS'" ;; esac
 case $ETCD_TARGETS in all | leader) ;; *) die "ETCD_TARGETS must be all or leader, got '$ETCD_TARGETS'" ;; esac
+case $PROCS in '' | [1-9] | [1-9][0-9]) ;; *) die "PROCS must be empty or a number from 1 to 99, got '$PROCS'" ;; esac
+# servers: the environment every etcd and paxoslog server starts with.
+servers=()
+[ -n "$PROCS" ] && servers=(GOMAXPROCS="$PROCS")
 
 # --- tools ------------------------------------------------------------------
 
@@ -115,7 +123,7 @@ paxoslog=$tmp/bin/paxoslog
 etcd_cluster=e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803
 for i in 1 2 3; do
 	mkdir -p -m 700 "$tmp/etcd/$i"
-	etcd --name "e$i" --data-dir "$tmp/etcd/$i" \
+	env "${servers[@]}" etcd --name "e$i" --data-dir "$tmp/etcd/$i" \
 		--listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
 		--listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
 		--initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token "paxoslog-race-$$" \
@@ -126,7 +134,7 @@ done
 
 peers=1=http://127.0.0.1:7481,2=http://127.0.0.1:7482,3=http://127.0.0.1:7483
 for i in 1 2 3; do
-	"$paxoslog" --id "$i" --listen "127.0.0.1:748$i" --peers "$peers" --data "$tmp/paxoslog/$i" --log-level warn \
+	env "${servers[@]}" "$paxoslog" --id "$i" --listen "127.0.0.1:748$i" --peers "$peers" --data "$tmp/paxoslog/$i" --log-level warn \
 		>"$tmp/paxoslog-$i.log" 2>&1 &
 	pids+=($!)
 done
@@ -201,7 +209,7 @@ targets() {
 # field JSON NAME: a number from a bench --json result.
 field() { sed -nE "s/.*\"$2\":(-?[0-9.eE+]+).*/\1/p" <<<"$1"; }
 
-say "etcd $etcd_version ($ETCD_TARGETS) vs paxoslog ($PAXOSLOG_TARGETS): append, ${SIZE}-byte values, $DURATION per run, $ROUNDS rounds, clients: $CLIENTS"
+say "etcd $etcd_version ($ETCD_TARGETS) vs paxoslog ($PAXOSLOG_TARGETS): append, ${SIZE}-byte values, $DURATION per run, $ROUNDS rounds, clients: $CLIENTS${PROCS:+, GOMAXPROCS=$PROCS for every server}"
 results=$tmp/results
 : >"$results"
 run=0
