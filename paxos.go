@@ -321,6 +321,12 @@ func (q *quorum) Add(id NodeID) bool {
 // Reached reports whether a majority has acked.
 func (q *quorum) Reached() bool { return len(q.acks) >= q.need }
 
+// Has reports whether id has acked.
+func (q *quorum) Has(id NodeID) bool { return q.acks[id] }
+
+// OneShort reports whether one more ack would make a majority.
+func (q *quorum) OneShort() bool { return len(q.acks)+1 == q.need }
+
 // Config is what a Node needs to run.
 type Config struct {
 	ID            NodeID

@@ -550,7 +550,7 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 			prop.chosen = true
 			continue
 		}
-		if prop.lazy && !prop.fallback && !prop.acks.acks[p.n.cfg.ID] && len(prop.acks.acks)+1 >= prop.acks.need {
+		if prop.lazy && !prop.fallback && !prop.acks.Has(p.n.cfg.ID) && prop.acks.OneShort() {
 			prop.fallback = true
 			short = append(short, sv)
 			gap = max(gap, lazyOwnAcceptMinGap, now.Sub(prop.sent)/2)
