@@ -209,13 +209,11 @@ func (a *Acceptor) Prepare(b Ballot, from Slot) (Promise, error) {
 
 // Accept handles phase 2a durably.
 func (a *Acceptor) Accept(b Ballot, vals []SlotValue) (Accepted, error) {
-	var r Accepted
-	err := a.transition(func(s *acceptorState) *acceptorRecord {
-		var rec *acceptorRecord
-		r, rec = s.accept(b, vals)
-		return rec
-	})
+	r, seq, err := a.AcceptUnsynced(b, vals)
 	if err != nil {
+		return Accepted{}, err
+	}
+	if err := a.Sync(seq); err != nil {
 		return Accepted{}, fmt.Errorf("accept %s: %w", b, err)
 	}
 	return r, nil
@@ -228,21 +226,19 @@ func (a *Acceptor) Accept(b Ballot, vals []SlotValue) (Accepted, error) {
 // one was told of it.
 func (a *Acceptor) AcceptUnsynced(b Ballot, vals []SlotValue) (Accepted, uint64, error) {
 	var r Accepted
-	seq, err := a.step(func(s *acceptorState) *acceptorRecord {
+	seq, err := a.write(func(s *acceptorState) *acceptorRecord {
 		var rec *acceptorRecord
 		r, rec = s.accept(b, vals)
 		return rec
 	})
-	if err == nil && a.hook != nil {
-		err = a.hook("written")
-	}
 	if err != nil {
 		return Accepted{}, 0, fmt.Errorf("accept %s: %w", b, err)
 	}
 	return r, seq, nil
 }
 
-// Sync returns once record seq and every one before it are synced.
+// Sync returns once record seq and every one before it are synced. The
+// test hook may fail it after the sync, as a crash before the reply would.
 func (a *Acceptor) Sync(seq uint64) error {
 	err := a.journal.SyncTo(seq)
 	if err == nil && a.hook != nil {
@@ -251,22 +247,24 @@ func (a *Acceptor) Sync(seq uint64) error {
 	return err
 }
 
-// transition runs f under the lock, journals its record and returns once
-// that record and every one before it are synced (A3). The test hook may
-// fail it between the write and the sync, or between the sync and the
-// reply, as a crash at that instant would.
-func (a *Acceptor) transition(f func(*acceptorState) *acceptorRecord) error {
+// write runs f under the lock and journals its record, unsynced. The test
+// hook may fail it after the write, as a crash before the sync would.
+func (a *Acceptor) write(f func(*acceptorState) *acceptorRecord) (uint64, error) {
 	seq, err := a.step(f)
 	if err == nil && a.hook != nil {
 		err = a.hook("written")
 	}
-	if err == nil {
-		err = a.journal.SyncTo(seq)
+	return seq, err
+}
+
+// transition runs f under the lock, journals its record and returns once
+// that record and every one before it are synced (A3).
+func (a *Acceptor) transition(f func(*acceptorState) *acceptorRecord) error {
+	seq, err := a.write(f)
+	if err != nil {
+		return err
 	}
-	if err == nil && a.hook != nil {
-		err = a.hook("synced")
-	}
-	return err
+	return a.Sync(seq)
 }
 
 // Promised returns the highest ballot promised.
