@@ -306,15 +306,9 @@ func readResponse(br *bufio.Reader, dst []byte, maxBody int) (status int, body [
 		if len(line) == 0 {
 			break
 		}
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || !isToken(name) {
+		name, value, ok := headerField(line)
+		if !ok {
 			return 0, nil, false, malformed("header line %q", line)
-		}
-		value = bytes.Trim(value, " \t")
-		for _, c := range value {
-			if (c < ' ' && c != '\t') || c == 0x7f {
-				return 0, nil, false, malformed("header line %q", line)
-			}
 		}
 		switch {
 		case asciiEqualFold(name, "Content-Length"):
@@ -400,10 +394,27 @@ func readChunked(br *bufio.Reader, dst []byte, maxBody int) ([]byte, error) {
 		if len(line) == 0 {
 			return dst, nil
 		}
-		if name, _, ok := bytes.Cut(line, []byte(":")); !ok || !isToken(name) {
+		if _, _, ok := headerField(line); !ok {
 			return nil, malformed("trailer line %q", line)
 		}
 	}
+}
+
+// headerField splits a header (or trailer) line into its name and its
+// value without surrounding blanks; ok is false unless the name is a
+// token and the value free of control bytes other than tab.
+func headerField(line []byte) (name, value []byte, ok bool) {
+	name, value, ok = bytes.Cut(line, []byte(":"))
+	if !ok || !isToken(name) {
+		return nil, nil, false
+	}
+	value = bytes.Trim(value, " \t")
+	for _, c := range value {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return name, value, true
 }
 
 // readHeaderLine returns the next CRLF-terminated line without its CRLF,
