@@ -413,6 +413,7 @@ type Node struct {
 	acceptor *Acceptor
 	learner  *Learner
 	proposer *Proposer
+	workers  workers // runs the leader's accept calls
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when the node stops taking work
@@ -486,7 +487,69 @@ func (n *Node) Run(ctx context.Context) error {
 	n.stop()
 	cancel()
 	wg.Wait()
+	n.workers.close()
 	return n.Fatal()
+}
+
+// workers runs short tasks on goroutines that outlive them: a parked
+// worker is handed the next task instead of a goroutine being started for
+// it. The leader sends every accept message from one. A fresh goroutine
+// per message grew its stack two or three times over on each append, as
+// the call descends into the connection and the journal: runtime.morestack
+// was 8% of a leader's CPU at one client. A worker keeps its grown stack
+// (until a GC shrinks it). Idle workers are reused last-in first-out, so
+// the few that a steady load needs stay warm, and at most maxIdleWorkers
+// wait; close ends them.
+type workers struct {
+	mu     sync.Mutex
+	idle   []chan func() // one per parked worker; a nil task ends it
+	closed bool
+}
+
+// maxIdleWorkers bounds the parked workers; a burst beyond it ends the
+// extra ones as they finish.
+const maxIdleWorkers = 256
+
+// Go runs f on an idle worker, or on a new one.
+func (w *workers) Go(f func()) {
+	w.mu.Lock()
+	if k := len(w.idle); k > 0 {
+		ch := w.idle[k-1]
+		w.idle = w.idle[:k-1]
+		w.mu.Unlock()
+		ch <- f // buffered: a parked worker is waiting for it
+		return
+	}
+	w.mu.Unlock()
+	go w.work(f)
+}
+
+func (w *workers) work(f func()) {
+	ch := make(chan func(), 1)
+	for f != nil {
+		f()
+		w.mu.Lock()
+		if w.closed || len(w.idle) >= maxIdleWorkers {
+			w.mu.Unlock()
+			return
+		}
+		w.idle = append(w.idle, ch)
+		w.mu.Unlock()
+		f = <-ch
+	}
+}
+
+// close ends the idle workers, and each busy one once its task is done.
+// Go still works afterwards, on goroutines that end with their task.
+func (w *workers) close() {
+	w.mu.Lock()
+	w.closed = true
+	idle := w.idle
+	w.idle = nil
+	w.mu.Unlock()
+	for _, ch := range idle {
+		close(ch)
+	}
 }
 
 // stop makes every blocked caller return ErrStopped.

@@ -380,8 +380,8 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 	return SlotValue{Slot: s, Value: v}
 }
 
-// sendAccept sends phase 2a for vals to every member, each in its own
-// goroutine (a retransmission goes to all again; acks count once each).
+// sendAccept sends phase 2a for vals to every member, each from its own
+// worker (n.workers; a retransmission goes to all again; acks count once each).
 // It does not wait for the answers.
 //
 // Lazy own acceptance: while enough followers to make a majority without
@@ -420,10 +420,10 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	p.mu.Unlock()
 	for _, to := range p.n.cfg.Members {
 		if lazy && to == p.n.cfg.ID {
-			go p.acceptOwnLazily(ls, req, vals)
+			p.n.workers.Go(func() { p.acceptOwnLazily(ls, req, vals) })
 			continue
 		}
-		go func() {
+		p.n.workers.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, p.n.cfg.RequestTimeout)
 			defer cancel()
 			var resp Accepted
@@ -431,7 +431,7 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 				return // retransmitted by tick while undecided
 			}
 			p.onAccepted(ls, to, vals, resp)
-		}()
+		})
 	}
 }
 
