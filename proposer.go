@@ -77,17 +77,21 @@ type leaderState struct {
 	inflight    map[Slot]*proposal
 	queue       []Entry
 	queued      map[EntryID]bool
-	contact     map[NodeID]time.Time // last OK heartbeat reply per peer
-	peerApplied map[NodeID]Slot      // last applied slot each peer reported
-	draining    bool                 // handing off: open no new slots
-	since       time.Time            // when leadership began
-	commitCh    chan struct{}        // closed and replaced when commit advances
-	done        chan struct{}        // closed when this leadership ends
-	nextRead    *readRound           // the read round that will start next
-	reading     bool                 // a readRounds goroutine runs
-	sentCommit  map[NodeID]Slot      // highest commit an accept has taken to each peer
-	forwarded   map[EntryID]NodeID   // queued entries a follower forwarded, by who
-	forwardSlot map[NodeID]Slot      // highest slot proposed with entries a peer forwarded
+	contact     map[NodeID]time.Time     // last OK heartbeat reply per peer
+	peerApplied map[NodeID]Slot          // last applied slot each peer reported
+	draining    bool                     // handing off: open no new slots
+	since       time.Time                // when leadership began
+	commitCh    chan struct{}            // closed and replaced when commit advances
+	done        chan struct{}            // closed when this leadership ends
+	nextRead    *readRound               // the read round that will start next
+	reading     bool                     // a readRounds goroutine runs
+	sentCommit  map[NodeID]Slot          // highest commit an accept or learn has taken to each peer
+	learnKick   map[NodeID]chan struct{} // per peer: send a learn now (heartbeat)
+	learnTimer  *time.Timer              // runs learnDue; nil until first armed
+	learnArmed  bool                     // learnTimer runs for learnFor
+	learnFor    Slot                     // commit that learnDue checks was carried
+	forwarded   map[EntryID]NodeID       // queued entries a follower forwarded, by who
+	forwardSlot map[NodeID]Slot          // highest slot proposed with entries a peer forwarded
 }
 
 // pendingEntry is an append taken by this node, not yet applied here.
@@ -577,6 +581,7 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 	if len(newly) > 0 {
 		close(ls.commitCh)
 		ls.commitCh = make(chan struct{})
+		p.commitAdvancedLocked(ls)
 		// What gathered while these slots were in flight goes out before
 		// they are applied here: the next round overlaps the apply.
 		next, commit = p.proposeQueuedLocked(ls)
@@ -661,6 +666,9 @@ func (p *Proposer) stepDownLocked(reason string) {
 	p.n.log.Info("stepping down", "ballot", ls.ballot.String(), "reason", reason)
 	p.ls = nil
 	close(ls.done)
+	if ls.learnTimer != nil {
+		ls.learnTimer.Stop()
+	}
 	p.leader = 0
 	p.n.metrics.isLeader.Set(0)
 	p.n.metrics.leader.Set(0)
@@ -724,6 +732,12 @@ func (p *Proposer) campaign(ctx context.Context) {
 		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), since: time.Now(),
 		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
 		forwarded: make(map[EntryID]NodeID), forwardSlot: make(map[NodeID]Slot),
+		learnKick: make(map[NodeID]chan struct{}),
+	}
+	for _, id := range p.n.cfg.Members {
+		if id != p.n.cfg.ID {
+			ls.learnKick[id] = make(chan struct{}, 1)
+		}
 	}
 	p.ls = ls
 	p.leader, p.leaderBallot = p.n.cfg.ID, b
@@ -798,51 +812,36 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot) (map
 	return nil, false
 }
 
-// heartbeat sends learn messages to one peer while ls leads: at every
-// commit advance and every heartbeat interval.
+// heartbeat sends learn messages to one peer while ls leads: every
+// heartbeat interval, and when kicked for a commit advance that no accept
+// has carried to the peer (commitAdvancedLocked).
 func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 	t := time.NewTicker(p.n.cfg.HeartbeatInterval)
 	defer t.Stop()
+	kick := ls.learnKick[to]
+	beat := true // a heartbeat goes out even when there is no news
 	for {
 		p.mu.Lock()
-		commit, ch := ls.commit, ls.commitCh
-		p.mu.Unlock()
-		if err := p.sendLearn(ctx, ls, to, commit); err != nil {
-			p.n.log.Debug("heartbeat failed", "to", to, "err", err)
+		commit := ls.commit
+		carried := ls.sentCommit[to] >= commit
+		if commit > ls.sentCommit[to] {
+			ls.sentCommit[to] = commit
 		}
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ls.done:
-				return
-			case <-t.C:
-			case <-ch:
-				// A commit advance. If it decides entries this peer
-				// forwarded, the peer's clients are waiting to learn them:
-				// tell it now. Otherwise give the next accept a moment to
-				// carry it: under load, or with one client appending here
-				// back to back, one always goes out within learnDelay,
-				// and a learn message would only cost both sides CPU.
-				p.mu.Lock()
-				urgent := ls.forwardSlot[to] > ls.sentCommit[to] && ls.forwardSlot[to] <= ls.commit
-				p.mu.Unlock()
-				if !urgent {
-					select {
-					case <-time.After(learnDelay):
-					case <-ls.done:
-						return
-					}
-				}
-				p.mu.Lock()
-				carried := ls.sentCommit[to] >= ls.commit
-				ch = ls.commitCh
-				p.mu.Unlock()
-				if carried {
-					continue
-				}
+		p.mu.Unlock()
+		if beat || !carried {
+			if err := p.sendLearn(ctx, ls, to, commit); err != nil {
+				p.n.log.Debug("heartbeat failed", "to", to, "err", err)
 			}
-			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ls.done:
+			return
+		case <-t.C:
+			beat = true
+		case <-kick:
+			beat = false
 		}
 	}
 }
@@ -850,6 +849,63 @@ func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 // learnDelay is how long a commit advance waits for an accept to carry it
 // before the leader sends a learn message just for it.
 const learnDelay = time.Millisecond
+
+// commitAdvancedLocked sees that every peer hears of a commit advance. A
+// peer whose forwarded entries it decides is told at once: its clients are
+// waiting to learn them. For the others the next accept usually carries
+// it (under load, or with one client appending back to back, one goes out
+// within learnDelay), so a single timer per leader checks learnDelay later
+// and kicks the heartbeat of each peer the advance has not reached. Waking
+// a heartbeat goroutine per peer on every advance, each then waiting on a
+// timer of its own, cost the leader four goroutine wake-ups per append.
+func (p *Proposer) commitAdvancedLocked(ls *leaderState) {
+	for to, kick := range ls.learnKick {
+		if s := ls.forwardSlot[to]; s > ls.sentCommit[to] && s <= ls.commit {
+			kickLearn(kick)
+		}
+	}
+	if ls.learnArmed {
+		return
+	}
+	ls.learnArmed, ls.learnFor = true, ls.commit
+	if ls.learnTimer == nil {
+		ls.learnTimer = time.AfterFunc(learnDelay, func() { p.learnDue(ls) })
+	} else {
+		ls.learnTimer.Reset(learnDelay)
+	}
+}
+
+// learnDue kicks the heartbeat of every peer that no message has told of
+// ls.learnFor, and watches the latest advance next if a peer has yet to
+// hear of it.
+func (p *Proposer) learnDue(ls *leaderState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ls != ls {
+		return
+	}
+	ls.learnArmed = false
+	untold := false
+	for to, kick := range ls.learnKick {
+		if ls.sentCommit[to] < ls.learnFor {
+			kickLearn(kick)
+		} else if ls.sentCommit[to] < ls.commit {
+			untold = true
+		}
+	}
+	if untold {
+		ls.learnArmed, ls.learnFor = true, ls.commit
+		ls.learnTimer.Reset(learnDelay)
+	}
+}
+
+// kickLearn wakes a heartbeat goroutine unless a wake-up is already due.
+func kickLearn(kick chan struct{}) {
+	select {
+	case kick <- struct{}{}:
+	default:
+	}
+}
 
 // sendLearn sends one learn (heartbeat) and handles the reply.
 func (p *Proposer) sendLearn(ctx context.Context, ls *leaderState, to NodeID, commit Slot) error {
