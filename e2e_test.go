@@ -24,6 +24,7 @@ type httpCluster struct {
 	urls    map[NodeID]string
 	nodes   map[NodeID]*Node
 	servers map[NodeID]*http.Server
+	trs     map[NodeID]*httpTransport
 	cancels map[NodeID]context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -37,7 +38,7 @@ func (hc *httpCluster) stop(id NodeID) {
 func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) *httpCluster {
 	tb.Helper()
 	hc := &httpCluster{urls: map[NodeID]string{}, nodes: map[NodeID]*Node{},
-		servers: map[NodeID]*http.Server{}, cancels: map[NodeID]context.CancelFunc{}}
+		servers: map[NodeID]*http.Server{}, trs: map[NodeID]*httpTransport{}, cancels: map[NodeID]context.CancelFunc{}}
 	lns, members := loopbackListeners(tb, size, "http", hc.urls)
 	dir := tb.TempDir()
 	for _, id := range members {
@@ -48,6 +49,7 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 		}
 		tr := newHTTPTransport(hc.urls, key)
 		tb.Cleanup(tr.closeIdle)
+		hc.trs[id] = tr
 		n, err := NewNode(cfg, tr)
 		if err != nil {
 			tb.Fatal(err)

@@ -516,10 +516,13 @@ func asciiEqualFold(b []byte, s string) bool {
 	return true
 }
 
-// peerPool is the connection pool to one peer, with this cluster's key.
+// peerPool is the connection pool to one peer, with this cluster's key:
+// peer streams (peerstream.go), or plain requests for a peer that does not
+// take them.
 type peerPool struct {
 	*connPool
-	auth string // Authorization header value; "": no key
+	auth    string // Authorization header value; "": no key
+	streams *streamPool
 }
 
 // maxIdlePeerConns bounds the idle connections kept per peer; concurrent
@@ -531,17 +534,30 @@ func newPeerPool(base, key string, tlsConf *tls.Config) (*peerPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	pp := &peerPool{connPool: p}
+	s, err := newConnPool(base, tlsConf, maxIdlePeerConns)
+	if err != nil {
+		return nil, err
+	}
+	pp := &peerPool{connPool: p, streams: &streamPool{connPool: s}}
 	if key != "" {
 		pp.auth = "Bearer " + key
+		pp.streams.auth = pp.auth
 	}
 	return pp, nil
 }
 
-// call posts body to /paxos/<method> and returns the status and the body
-// of the answer. Paxos messages may be duplicated, so a call is repeated
-// once when a pooled connection turns out dead (see connPool.do).
+// call sends body as a <method> message and returns the status and the
+// body of the answer: on a peer stream, or as a POST to /paxos/<method>
+// if the peer does not take streams. Paxos messages may be duplicated, so
+// a call is repeated once when a pooled connection turns out dead (see
+// connPool.do).
 func (p *peerPool) call(ctx context.Context, method string, body []byte) (int, []byte, error) {
+	if p.streams.on() {
+		status, out, err := p.streams.call(ctx, method, body)
+		if !errors.Is(err, errNoStream) {
+			return status, out, err
+		}
+	}
 	req := h1Request{method: "POST", path: "/paxos/" + method, contentType: peerContentType(body), body: body}
 	if p.auth != "" {
 		req.headerName, req.headerValue = peerKeyHeader, p.auth
@@ -550,4 +566,10 @@ func (p *peerPool) call(ctx context.Context, method string, body []byte) (int, [
 	// answer gets its own slice.
 	resp, err := p.do(ctx, &req, nil, maxPeerBody, true)
 	return resp.status, resp.body, err
+}
+
+// closeIdle closes the idle connections, streams and plain.
+func (p *peerPool) closeIdle() {
+	p.streams.closeIdle()
+	p.connPool.closeIdle()
 }

@@ -78,8 +78,22 @@ func TestPeerTransportReusesConnections(t *testing.T) {
 			t.Fatalf("call %d: answer %q, want %q", i, out, want)
 		}
 	}
-	if n := ps.conns.Load(); n != 1 {
-		t.Errorf("100 sequential calls used %d connections, want 1", n)
+	// This server does not take peer streams (as a node before them): one
+	// connection for the refused upgrade, one for all the plain requests.
+	if n := ps.conns.Load(); n != 2 {
+		t.Errorf("100 sequential calls used %d connections, want 2", n)
+	}
+	if tr.pools[2].streams.on() {
+		t.Error("streams still on for a peer that refused the upgrade")
+	}
+	// After streamRetry the next call asks again (one more connection),
+	// and is answered all the same.
+	tr.pools[2].streams.offUntil.Store(time.Now().UnixNano())
+	if out, err := tr.Call(ctx, 2, "learn", []byte(`{}`)); err != nil || !strings.HasPrefix(string(out), "learn|") {
+		t.Fatalf("call after the retry period: %q, %v", out, err)
+	}
+	if n := ps.conns.Load(); n != 3 || tr.pools[2].streams.on() {
+		t.Errorf("after the retry period: %d connections (want 3), streams on %v (want off)", n, tr.pools[2].streams.on())
 	}
 	bin, _ := AcceptReq{From: 1}.MarshalBinary()
 	out, err := tr.Call(ctx, 2, "accept", bin)

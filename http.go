@@ -99,6 +99,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow} {
 		peers.POST("/"+m, s.peer(m))
 	}
+	peers.GET("/stream", s.peerStream)
 	return e
 }
 
@@ -107,35 +108,43 @@ func (s *server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	code, msg := http.StatusInternalServerError, err.Error()
-	var ae *apiError
-	var he *echo.HTTPError
-	switch {
-	case errors.As(err, &ae):
-		code = ae.code
-	case errors.As(err, &he):
-		code = he.Code
-		msg = fmt.Sprint(he.Message)
-	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped):
-		code = http.StatusServiceUnavailable
+	code, msg := errorStatus(err)
+	switch code {
+	case http.StatusServiceUnavailable:
 		c.Response().Header().Set("Retry-After", "1")
-	case errors.Is(err, ErrCompacted):
-		code = http.StatusGone
+	case http.StatusGone:
 		first, _ := s.n.learner.Bounds()
 		c.JSON(code, map[string]any{"error": msg, "first": first})
 		return
-	case errors.Is(err, ErrPastEnd):
-		code = http.StatusNotFound
-	case errors.Is(err, ErrUnauthorized):
-		code = http.StatusUnauthorized
-	case errors.Is(err, context.Canceled):
-		code = 499 // client went away; nobody reads this
 	}
 	if c.Request().Method == http.MethodHead {
 		c.NoContent(code)
 		return
 	}
 	c.JSON(code, map[string]string{"error": msg})
+}
+
+// errorStatus is the HTTP status that answers err, and its message.
+func errorStatus(err error) (int, string) {
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+		return ae.code, err.Error()
+	case errors.As(err, &he):
+		return he.Code, fmt.Sprint(he.Message)
+	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped):
+		return http.StatusServiceUnavailable, err.Error()
+	case errors.Is(err, ErrCompacted):
+		return http.StatusGone, err.Error()
+	case errors.Is(err, ErrPastEnd):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized, err.Error()
+	case errors.Is(err, context.Canceled):
+		return 499, err.Error() // client went away; nobody reads this
+	}
+	return http.StatusInternalServerError, err.Error()
 }
 
 // readBody reads at most limit bytes, answering 413 past it.

@@ -733,7 +733,7 @@ func (n *Node) handle(ctx context.Context, method string, body []byte) (out []by
 			resp, err = n.proposer.readIndex(ctx)
 		}
 	default:
-		return nil, nil, fmt.Errorf("unknown peer method %q", method)
+		return nil, nil, &apiError{404, fmt.Sprintf("unknown peer method %q", method)}
 	}
 	if err != nil {
 		return nil, nil, err

@@ -150,12 +150,13 @@ type tlsCluster struct {
 	urls map[NodeID]string
 	// client trusts the CA and shows no certificate: a client of /v1.
 	client *http.Client
+	trs    map[NodeID]*httpTransport
 }
 
 func startTLSCluster(t *testing.T, size int, key string) *tlsCluster {
 	t.Helper()
 	dir := t.TempDir()
-	tc := &tlsCluster{ca: newTestCA(t, dir, "cluster-ca"), dir: dir, urls: map[NodeID]string{}}
+	tc := &tlsCluster{ca: newTestCA(t, dir, "cluster-ca"), dir: dir, urls: map[NodeID]string{}, trs: map[NodeID]*httpTransport{}}
 	tc.client = httpsClient(t, tc.ca, "", "")
 	lns, members := loopbackListeners(t, size, "https", tc.urls)
 	var wg sync.WaitGroup
@@ -173,6 +174,7 @@ func startTLSCluster(t *testing.T, size int, key string) *tlsCluster {
 			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, RequestTimeout: 5 * time.Second}
 		tr := newPeerTransport(tc.urls, key, setup.clientConfig())
 		t.Cleanup(tr.closeIdle)
+		tc.trs[id] = tr
 		n, err := NewNode(cfg, tr)
 		if err != nil {
 			t.Fatal(err)
@@ -218,6 +220,7 @@ func TestTLSClusterMutual(t *testing.T) {
 	if len(want) != 9 {
 		t.Fatalf("9 appends got %d distinct indices: %v", len(want), want)
 	}
+	checkStreamsOnly(t, tc.trs) // peer streams work over mutual TLS
 	var first string
 	for id := NodeID(1); id <= 3; id++ {
 		r := mustSend(t, tc.client, "GET", tc.urls[id]+"/v1/log?from=1&limit=1000", "", nil)
@@ -309,6 +312,10 @@ func TestTLSPeerRequests(t *testing.T) {
 			if r.code != http.StatusUnauthorized || !strings.Contains(fmt.Sprint(r.body["error"]), "client certificate signed by --tls-ca") {
 				t.Errorf("POST %s without a certificate: %d %s, want 401 naming the certificate", path, r.code, r.raw)
 			}
+		}
+		upgrade := map[string]string{peerKeyHeader: withKey[peerKeyHeader], "Connection": "Upgrade", "Upgrade": peerStreamProto}
+		if r := mustSend(t, tc.client, "GET", u+"/paxos/stream", "", upgrade); r.code != http.StatusUnauthorized {
+			t.Errorf("GET /paxos/stream without a certificate: %d %s, want 401", r.code, r.raw)
 		}
 		for _, path := range []string{"/v1/status", "/healthz", "/metrics", "/v1/log?stale=true"} {
 			if r := mustSend(t, tc.client, "GET", u+path, "", nil); r.code != http.StatusOK {

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPeerStreamFrames: frames read back as written; a truncated frame,
+// an empty method and a length over the limit are errors, not guesses.
+func TestPeerStreamFrames(t *testing.T) {
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	bodies := [][]byte{nil, []byte(`{"a":1}`), bytes.Repeat([]byte{0, 1, 2}, 70000)}
+	for i, b := range bodies {
+		if err := writeStreamRequest(w, fmt.Sprint("m", i), b); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeStreamAnswer(w, 200+i, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := bufio.NewReader(bytes.NewReader(buf.Bytes()))
+	for i, b := range bodies {
+		m, got, err := readStreamRequest(r)
+		if err != nil || m != fmt.Sprint("m", i) || !bytes.Equal(got, b) {
+			t.Fatalf("request %d: %q, %d bytes, %v", i, m, len(got), err)
+		}
+		status, got, err := readStreamAnswer(r)
+		if err != nil || status != 200+i || !bytes.Equal(got, b) {
+			t.Fatalf("answer %d: %d, %d bytes, %v", i, status, len(got), err)
+		}
+	}
+	if _, _, err := readStreamRequest(r); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want io.EOF", err)
+	}
+
+	if err := writeStreamRequest(w, "", nil); err == nil {
+		t.Error("wrote a request without a method")
+	}
+	if err := writeStreamRequest(w, "accept", make([]byte, maxPeerBody+1)); err == nil {
+		t.Error("wrote a body over the limit")
+	}
+	whole := func() []byte {
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		writeStreamRequest(bw, "accept", []byte("0123456789"))
+		return b.Bytes()
+	}()
+	for cut := 1; cut < len(whole); cut++ {
+		_, _, err := readStreamRequest(bufio.NewReader(bytes.NewReader(whole[:cut])))
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("request cut after %d of %d bytes: %v, want io.ErrUnexpectedEOF", cut, len(whole), err)
+		}
+	}
+	bad := map[string][]byte{
+		"empty method":  {0, 0, 0, 0, 0},
+		"huge body":     append([]byte{1, 'a'}, 0xff, 0xff, 0xff, 0xff),
+		"status 0":      {0, 0, 0, 0, 0, 0},
+		"answer > max":  {0, 200, 0xff, 0xff, 0xff, 0xff},
+		"answer cut":    {0, 200, 0, 0, 0, 9, 'x'},
+		"status 65535!": {0xff, 0xff, 0, 0, 0, 0},
+	}
+	for name, frame := range bad {
+		var err error
+		if strings.HasPrefix(name, "empty") || strings.HasPrefix(name, "huge") {
+			_, _, err = readStreamRequest(bufio.NewReader(bytes.NewReader(frame)))
+		} else {
+			_, _, err = readStreamAnswer(bufio.NewReader(bytes.NewReader(frame)))
+		}
+		if err == nil {
+			t.Errorf("%s: read without an error", name)
+		}
+	}
+}
+
+// TestPeerStreamCarriesClusterTraffic: nodes behind real HTTP servers
+// talk over peer streams (no plain request is needed), and the stream
+// endpoint checks what every peer endpoint checks.
+func TestPeerStreamCarriesClusterTraffic(t *testing.T) {
+	hc := startHTTPCluster(t, 3, "sekrit", nil)
+	leader := waitHTTPLeader(t, hc, 5*time.Second)
+	for i := range 20 {
+		if r := do(t, "POST", hc.urls[leader]+"/v1/log", fmt.Sprintf(`{"n":%d}`, i), nil); r.code != http.StatusCreated {
+			t.Fatalf("append %d: %d %s", i, r.code, r.raw)
+		}
+	}
+	checkStreamsOnly(t, hc.trs)
+	pool := hc.trs[leader].pools[otherThan(leader)].streams
+	waitFor(t, 5*time.Second, "an idle stream from the leader to a follower", func() bool {
+		pool.mu.Lock()
+		defer pool.mu.Unlock()
+		return len(pool.idle) > 0 // none while a call is on each
+	})
+
+	addr := strings.TrimPrefix(hc.urls[otherThan(leader)], "http://")
+	upgrade := func(auth, upgradeTo string) (net.Conn, *bufio.Reader, int) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET /paxos/stream HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n", upgradeTo)
+		if auth != "" {
+			fmt.Fprintf(c, "Authorization: Bearer %s\r\n", auth)
+		}
+		io.WriteString(c, "\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, br, resp.StatusCode
+	}
+	if _, _, code := upgrade("", peerStreamProto); code != http.StatusUnauthorized {
+		t.Errorf("upgrade without the key: %d, want 401", code)
+	}
+	if _, _, code := upgrade("wrong", peerStreamProto); code != http.StatusUnauthorized {
+		t.Errorf("upgrade with a wrong key: %d, want 401", code)
+	}
+	if _, _, code := upgrade("sekrit", "websocket"); code != http.StatusBadRequest {
+		t.Errorf("upgrade to another protocol: %d, want 400", code)
+	}
+	c, br, code := upgrade("sekrit", peerStreamProto)
+	if code != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade with the key: %d, want 101", code)
+	}
+	bw := bufio.NewWriter(c)
+	writeStreamRequest(bw, "nosuch", []byte(`{}`))
+	if status, body, err := readStreamAnswer(br); err != nil || status != http.StatusNotFound || !strings.Contains(string(body), `"error"`) {
+		t.Errorf("unknown method: %d %s %v, want 404 with an error body", status, body, err)
+	}
+	writeStreamRequest(bw, methodLearn, []byte(`{"From":9,"Ballot":{"Round":0,"Node":0},"Commit":0}`))
+	if status, body, err := readStreamAnswer(br); err != nil || status != http.StatusOK {
+		t.Errorf("learn: %d %s %v, want 200", status, body, err)
+	}
+	io.WriteString(c, "\x00garbage")
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("a malformed frame did not end the stream")
+	}
+}
+
+// TestPeerStreamRedialsAfterPeerRestart: streams to a peer that restarts
+// are dead; the next call goes through on a new one.
+func TestPeerStreamRedialsAfterPeerRestart(t *testing.T) {
+	hc := startHTTPCluster(t, 3, "", nil)
+	leader := waitHTTPLeader(t, hc, 5*time.Second)
+	to := otherThan(leader)
+	tr := hc.trs[leader]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := tr.Call(ctx, to, methodLearn, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Close the serving side of every stream: what a restart does to them.
+	pool := tr.pools[to].streams
+	pool.mu.Lock()
+	for _, c := range pool.idle {
+		c.Conn.(*net.TCPConn).CloseRead()
+	}
+	n := len(pool.idle)
+	pool.mu.Unlock()
+	if n == 0 {
+		t.Fatal("no idle stream after a call")
+	}
+	if _, err := tr.Call(ctx, to, methodLearn, []byte(`{}`)); err != nil {
+		t.Fatalf("call after the streams died: %v", err)
+	}
+}
+
+// waitHTTPLeader returns the node of hc that leads, once one does.
+func waitHTTPLeader(t *testing.T, hc *httpCluster, within time.Duration) NodeID {
+	t.Helper()
+	var leader NodeID
+	waitFor(t, within, "a leader", func() bool {
+		for id, n := range hc.nodes {
+			if _, _, l := n.proposer.leaderInfo(); l {
+				leader = id
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// otherThan is a member of a three-node cluster other than id.
+func otherThan(id NodeID) NodeID { return id%3 + 1 }
+
+// checkStreamsOnly fails t if a transport of trs has turned streams off
+// for a peer, or holds a plain connection to one.
+func checkStreamsOnly(t *testing.T, trs map[NodeID]*httpTransport) {
+	t.Helper()
+	for id, tr := range trs {
+		for to, pool := range tr.pools {
+			if !pool.streams.on() {
+				t.Errorf("node %d: streams to %d off", id, to)
+			}
+			pool.mu.Lock()
+			plain := len(pool.idle)
+			pool.mu.Unlock()
+			if plain != 0 {
+				t.Errorf("node %d: %d plain connections to %d, want none", id, plain, to)
+			}
+		}
+	}
+}
