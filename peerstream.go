@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -123,11 +124,22 @@ func readStreamBody(r *bufio.Reader) ([]byte, error) {
 	if n > maxPeerBody {
 		return nil, fmt.Errorf("peer stream: message of %d bytes is over the limit of %d", n, maxPeerBody)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, unexpectedEOF(err)
+	if n <= 64<<10 {
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return body, nil
 	}
-	return body, nil
+	// A large body grows as it arrives: a length alone allocates nothing.
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(io.LimitReader(r, int64(n))); err != nil {
+		return nil, err
+	}
+	if b.Len() < int(n) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return b.Bytes(), nil
 }
 
 // unexpectedEOF turns an EOF inside a frame into io.ErrUnexpectedEOF.

@@ -55,6 +55,17 @@ func TestPeerStreamFrames(t *testing.T) {
 		writeStreamRequest(bw, "accept", []byte("0123456789"))
 		return b.Bytes()
 	}()
+	big := func() []byte {
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		writeStreamRequest(bw, "accept", bytes.Repeat([]byte("x"), 100<<10))
+		return b.Bytes()
+	}()
+	for _, cut := range []int{len(big) - 1, len(big) / 2, 12} {
+		if _, _, err := readStreamRequest(bufio.NewReader(bytes.NewReader(big[:cut]))); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("large request cut after %d of %d bytes: %v, want io.ErrUnexpectedEOF", cut, len(big), err)
+		}
+	}
 	for cut := 1; cut < len(whole); cut++ {
 		_, _, err := readStreamRequest(bufio.NewReader(bytes.NewReader(whole[:cut])))
 		if !errors.Is(err, io.ErrUnexpectedEOF) {
