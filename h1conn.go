@@ -18,7 +18,8 @@ import (
 
 // h1conn.go: HTTP/1.1 client connections of our own, for the two callers
 // that make one small request after another as fast as they can: the peer
-// transport (every Paxos message is a POST to /paxos/<method>) and
+// transport (which upgrades them to peer streams, peerstream.go, or posts
+// each Paxos message to /paxos/<method> for a peer without streams) and
 // `paxoslog bench`. A call writes its request and reads the answer itself,
 // on a keep-alive connection it takes from a small pool, instead of going
 // through net/http's Transport, which hands every request to a writer
@@ -56,6 +57,17 @@ type h1Conn struct {
 	net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+}
+
+// watch bounds the call about to be made on c: by the deadline dl if set,
+// and by the end of ctx, which unblocks the call by moving the deadline
+// into the past. The call must end with stop; if stop returns false, ctx
+// ended meanwhile and c, whose deadline may be past, must not be reused.
+func (c *h1Conn) watch(ctx context.Context, dl time.Time, set bool) (stop func() bool) {
+	if set {
+		c.SetDeadline(dl)
+	}
+	return context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 }
 
 // h1BufSize is the size of a connection's read and write buffers; it also
@@ -215,11 +227,7 @@ func (p *connPool) roundTrip(ctx context.Context, c *h1Conn, req *h1Request, dst
 			dl, ok = t, true
 		}
 	}
-	if ok {
-		c.SetDeadline(dl)
-	}
-	// A context cancelled mid-call unblocks the call through the deadline.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	stop := c.watch(ctx, dl, ok)
 	defer func() {
 		if !stop() {
 			keep = false // the deadline may be in the past by now

@@ -332,11 +332,7 @@ func (p *streamPool) upgrade(ctx context.Context, c *h1Conn) error {
 // reports whether c can carry another call.
 func (p *streamPool) roundTrip(ctx context.Context, c *h1Conn, method string, body []byte) (status int, out []byte, keep bool, err error) {
 	dl, hasDeadline := ctx.Deadline()
-	if hasDeadline {
-		c.SetDeadline(dl)
-	}
-	// A context cancelled mid-call unblocks the call through the deadline.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	stop := c.watch(ctx, dl, hasDeadline)
 	defer func() {
 		if !stop() {
 			keep = false // the deadline may be in the past by now
