@@ -189,32 +189,53 @@ type h1Response struct {
 var errNoAnswer = errors.New("connection closed before an answer")
 
 // do sends req and reads the answer, whose body is appended to dst[:0]
-// (nil: a new slice) and may not exceed maxBody bytes. A connection that
-// was idle in the pool may have been closed by the server (it restarted,
-// or a proxy timed it out) meanwhile; with retry, the other idle ones,
-// likely closed too, are dropped and the request is sent once more on a
-// fresh connection. Only requests that may be repeated ask for that.
-func (p *connPool) do(ctx context.Context, req *h1Request, dst []byte, maxBody int, retry bool) (h1Response, error) {
+// (nil: a new slice) and may not exceed maxBody bytes; retry as for
+// exchange.
+func (p *connPool) do(ctx context.Context, req *h1Request, dst []byte, maxBody int, retry bool) (resp h1Response, err error) {
+	err = p.exchange(ctx, retry, nil, func(c *h1Conn) (keep bool, err error) {
+		resp, keep, err = p.roundTrip(ctx, c, req, dst, maxBody)
+		return keep, err
+	})
+	if err != nil {
+		return h1Response{}, err
+	}
+	return resp, nil
+}
+
+// exchange makes one call on a pooled connection: fresh, if set, readies
+// a newly dialed one; call writes the request and reads the answer, and
+// reports whether the connection can carry another. A connection that was
+// idle in the pool may have been closed by the server (it restarted, or a
+// proxy timed it out) meanwhile; with retry, the other idle ones, likely
+// closed too, are dropped and the call is made once more on a fresh
+// connection. Only requests that may be repeated ask for that.
+func (p *connPool) exchange(ctx context.Context, retry bool, fresh func(*h1Conn) error, call func(*h1Conn) (keep bool, err error)) error {
 	for attempt := 0; ; attempt++ {
 		c, reused, err := p.get(ctx)
 		if err != nil {
-			return h1Response{}, err
+			return err
 		}
-		resp, keep, err := p.roundTrip(ctx, c, req, dst, maxBody)
+		if !reused && fresh != nil {
+			if err := fresh(c); err != nil {
+				c.Close()
+				return err
+			}
+		}
+		keep, err := call(c)
 		if err != nil {
 			c.Close()
 			if retry && reused && attempt == 0 && errors.Is(err, errNoAnswer) && ctx.Err() == nil {
 				p.closeIdle()
 				continue
 			}
-			return h1Response{}, err
+			return err
 		}
 		if keep {
 			p.put(c)
 		} else {
 			c.Close()
 		}
-		return resp, nil
+		return nil
 	}
 }
 

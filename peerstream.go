@@ -93,8 +93,7 @@ func writeStreamAnswer(w *bufio.Writer, status int, body []byte) error {
 	var hdr [6]byte
 	binary.BigEndian.PutUint16(hdr[:2], uint16(status))
 	binary.BigEndian.PutUint32(hdr[2:], uint32(len(body)))
-	w.Write(hdr[:2])
-	w.Write(hdr[2:])
+	w.Write(hdr[:])
 	w.Write(body)
 	return w.Flush()
 }
@@ -246,34 +245,16 @@ func (p *streamPool) on() bool { return time.Now().UnixNano() >= p.offUntil.Load
 // body. errNoStream means the peer does not take streams. As with plain
 // requests, a call is sent once more on a fresh connection when a pooled
 // one turns out dead (Paxos messages may be duplicated).
-func (p *streamPool) call(ctx context.Context, method string, body []byte) (int, []byte, error) {
-	for attempt := 0; ; attempt++ {
-		c, reused, err := p.get(ctx)
-		if err != nil {
-			return 0, nil, err
-		}
-		if !reused {
-			if err := p.upgrade(ctx, c); err != nil {
-				c.Close()
-				return 0, nil, err
-			}
-		}
-		status, out, keep, err := p.roundTrip(ctx, c, method, body)
-		if err != nil {
-			c.Close()
-			if reused && attempt == 0 && errors.Is(err, errNoAnswer) && ctx.Err() == nil {
-				p.closeIdle()
-				continue
-			}
-			return 0, nil, err
-		}
-		if keep {
-			p.put(c)
-		} else {
-			c.Close()
-		}
-		return status, out, nil
+func (p *streamPool) call(ctx context.Context, method string, body []byte) (status int, out []byte, err error) {
+	upgrade := func(c *h1Conn) error { return p.upgrade(ctx, c) }
+	err = p.exchange(ctx, true, upgrade, func(c *h1Conn) (keep bool, err error) {
+		status, out, keep, err = p.roundTrip(ctx, c, method, body)
+		return keep, err
+	})
+	if err != nil {
+		return 0, nil, err
 	}
+	return status, out, nil
 }
 
 // upgrade turns a fresh connection into a peer stream.
