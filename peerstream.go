@@ -312,8 +312,10 @@ func (p *streamPool) upgrade(ctx context.Context, c *h1Conn) error {
 // roundTrip writes one request frame on c and reads its answer. keep
 // reports whether c can carry another call.
 func (p *streamPool) roundTrip(ctx context.Context, c *h1Conn, method string, body []byte) (status int, out []byte, keep bool, err error) {
-	dl, hasDeadline := ctx.Deadline()
-	stop := c.watch(ctx, dl, hasDeadline)
+	// No deadline of the connection's own: the context's deadline ends it
+	// through its own timer, which watch hears of, and setting and
+	// clearing one more on every message would cost two timer updates.
+	stop := c.watch(ctx, time.Time{}, false)
 	defer func() {
 		if !stop() {
 			keep = false // the deadline may be in the past by now
@@ -327,9 +329,6 @@ func (p *streamPool) roundTrip(ctx context.Context, c *h1Conn, method string, bo
 	}
 	if status, out, err = readStreamAnswer(c.br); err != nil {
 		return 0, nil, false, err
-	}
-	if hasDeadline {
-		c.SetDeadline(time.Time{})
 	}
 	return status, out, true, nil
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -258,4 +259,60 @@ func FuzzReadStreamRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPeerStreamContextEndsCall: a peer that takes the upgrade and then
+// never answers holds a call only until its context ends, by deadline or
+// by cancellation, and that connection is not used again.
+func TestPeerStreamContextEndsCall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			t.Cleanup(func() { c.Close() })
+			go func() {
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+peerStreamProto+"\r\n\r\n")
+				io.Copy(io.Discard, br) // takes requests, answers none
+			}()
+		}
+	}()
+	tr := newHTTPTransport(map[NodeID]string{2: "http://" + ln.Addr().String()}, "")
+	defer tr.closeIdle()
+	for i, mk := range []func() (context.Context, context.CancelFunc){
+		func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 100*time.Millisecond)
+		},
+		func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(100*time.Millisecond, cancel)
+			return ctx, cancel
+		},
+	} {
+		ctx, cancel := mk()
+		start := time.Now()
+		_, err := tr.Call(ctx, 2, methodLearn, []byte(`{}`))
+		cancel()
+		if err == nil {
+			t.Fatalf("call %d: answered by a peer that never answers", i)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("call %d: ended after %v, its context after 100ms", i, d)
+		}
+		if n := conns.Load(); n != int32(i+1) {
+			t.Fatalf("call %d: %d connections, want %d (a cut-off stream is not reused)", i, n, i+1)
+		}
+	}
 }
