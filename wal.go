@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/wal"
@@ -24,9 +26,21 @@ import (
 // carries slots inside its records, the learner's journal uses the record
 // number as the client-visible log index. Every record is stored as
 //
-//	crc32c(payload) (4 bytes, little endian) || payload
+//	crc32c (4 bytes, little endian) || uvarint(n) || uvarint(n - synced) || payload
 //
-// so that a record torn or zero-filled by a crash is recognised on open.
+// where n is the record's position (tidwall/wal's number for it), synced
+// the last position known to be on disk when it was written, and the
+// checksum covers everything after it, computed from the seed v2Seed.
+// The position makes a record that is read from the wrong place (framing
+// damaged by a zeroed block, say) fail its check instead of passing as
+// another one, and lets a scan find good records after damage. The synced
+// mark is the evidence that tells a crash's torn tail (records that were
+// never synced, so never acknowledged: safe to drop) from damage to
+// synced records (never dropped silently): see checkTail and tailDamage.
+//
+// Journals written before this format hold records of the form
+// crc32c(payload) || payload; they are read as such below the position
+// kept in the file FORMAT, from which on every record has the form above.
 //
 // Numbering: journal numbers are tidwall/wal's record numbers plus a base
 // (0 unless Reset gave one, kept in the file BASE beside the segments), so
@@ -49,6 +63,10 @@ type journalOptions struct {
 	SegmentSize int
 	// OnSync, when set, observes the duration of every fsync.
 	OnSync func(time.Duration)
+	// OnTailDamage, when set, hears of bad records at the end of the
+	// journal as it opens, before they are dropped; an error fails the
+	// open and drops nothing.
+	OnTailDamage func(tailDamage) error
 }
 
 // journal wraps a tidwall/wal log with checksums, torn-tail repair, explicit
@@ -79,12 +97,17 @@ type journal struct {
 	segBytes int    // estimated bytes in the tail segment
 	segCount int    // segment files seen at the last directory sync
 	batch    wal.Batch
-	sealBuf  []byte // one record with its checksum; the batch copies it
+	sealBuf  []byte        // one record with its checksum; the batch copies it
+	v2From   atomic.Uint64 // position of the first current-format record (FORMAT)
 }
 
-// openJournal opens (or creates) the journal in dir, repairing a torn tail:
-// records after the last one whose checksum holds were never synced, so
-// never acknowledged, and are dropped.
+// openJournal opens (or creates) the journal in dir and checks its tail
+// segment record by record. Bad records at the end of it are dropped:
+// whatever a crash tore was never synced, so never acknowledged. When the
+// evidence says the bad records were synced, or a good record follows
+// them, that is damage, not a torn write; either way opts.OnTailDamage is
+// told before anything is dropped, so the owner can make its decision
+// durable first (see tailDamage).
 func openJournal(dir string, opts journalOptions) (*journal, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 16 << 20
@@ -93,30 +116,46 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	j := &journal{dir: dir, opts: opts}
-	wopts := j.walOptions()
-	l, err := wal.Open(dir, wopts)
-	if errors.Is(err, wal.ErrCorrupt) {
-		// A partial record at the end of the last segment: cut it off.
-		if rerr := trimTornSegment(dir); rerr != nil {
-			return nil, fmt.Errorf("open journal %s: repair torn tail: %w", dir, rerr)
-		}
-		l, err = wal.Open(dir, wopts)
+	if err := j.loadFormat(); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
+	if err := j.loadBase(); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
+	wopts := j.walOptions()
+	if truncationLeftovers(dir) {
+		// tidwall/wal finishes an interrupted truncation as it opens;
+		// let it, so that the newest segment file is the tail. It fails
+		// if the tail does not frame; checkTail then finds where.
+		l, err := wal.Open(dir, wopts)
+		if err == nil {
+			l.Close()
+		} else if !errors.Is(err, wal.ErrCorrupt) {
+			return nil, fmt.Errorf("open journal %s: %w", dir, err)
+		}
+	}
+	if err := j.checkTail(); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
+	l, err := wal.Open(dir, wopts)
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	j.log = l
-	if err := j.loadBase(); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("open journal %s: %w", dir, err)
-	}
-	if err := j.trimBadTail(); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("open journal %s: %w", dir, err)
-	}
 	last, _ := l.LastIndex()
 	j.synced = last
+	if j.v2From.Load() == math.MaxUint64 { // a journal written before the current record format
+		if err := j.writeFormat(last + 1); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("open journal %s: %w", dir, err)
+		}
+	}
 	os.RemoveAll(j.trashDir()) // what a crash left parked there
+	if leftovers, _ := filepath.Glob(filepath.Join(dir, "*.rewrite")); len(leftovers) > 0 {
+		for _, p := range leftovers { // a RewriteRecords a crash cut short
+			os.Remove(p)
+		}
+	}
 	j.segCount, j.segBytes = segmentStats(dir)
 	if err := syncDir(dir); err != nil {
 		l.Close()
@@ -137,64 +176,74 @@ func (j *journal) walOptions() *wal.Options {
 	}
 }
 
-// trimBadTail drops trailing records whose checksum fails (zero-filled or
-// half-written pages). A bad record followed by a good one is corruption of
-// synced data and is reported, never repaired.
-func (j *journal) trimBadTail() error {
-	first, _ := j.log.FirstIndex()
-	last, _ := j.log.LastIndex()
-	keep := last
-	for keep >= first && keep > 0 {
-		raw, err := j.log.Read(keep)
-		if err != nil {
-			return err
-		}
-		if _, ok := checkRecord(raw); ok {
-			break
-		}
-		keep--
-	}
-	if keep == last {
-		return nil
-	}
-	if err := j.log.TruncateBack(keep); err != nil {
-		return fmt.Errorf("trim bad tail to %d: %w", keep, err)
-	}
-	return j.log.Sync()
+// tailDamage describes bad records found at the end of a journal when it
+// opens, before they are dropped.
+type tailDamage struct {
+	Segment string // the segment file, as a path
+	From    uint64 // journal number of the first bad record
+	// Through is the number of the last good record found after the bad
+	// ones (all are dropped with them), else 0.
+	Through uint64
+	// Damaged: the bad records cannot all be an unsynced tail torn by a
+	// crash, because a good record after them was written once they were
+	// synced (its synced mark covers them), or is of the older format,
+	// which cannot tell. A crash tears only what was never synced, and a
+	// record written before the sync that would have covered the bad
+	// ones carries a lower mark: then the whole tail from the first bad
+	// record was never synced, so never acknowledged, and is dropped.
+	// What a crash tore between the last sync and a write after it
+	// cannot be told from damage there; the acceptor's idle seal keeps
+	// that window short (see Acceptor.seal).
+	Damaged bool
 }
 
-// trimTornSegment truncates the newest segment file of dir after its last
-// complete record.
-func trimTornSegment(dir string) error {
-	segs, err := segmentFiles(dir)
-	if err != nil {
+// checkTail scans the newest segment file, tells the owner about bad
+// records at its end, and cuts the file before the first of them.
+func (j *journal) checkTail() error {
+	segs, err := segmentFiles(j.dir)
+	if err != nil || len(segs) == 0 {
 		return err
 	}
-	if len(segs) == 0 {
-		return errors.New("no segment files")
-	}
 	path := segs[len(segs)-1]
+	start, _ := strconv.ParseUint(filepath.Base(path), 10, 64)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	pos := 0
-	for pos < len(data) {
-		size, n := binary.Uvarint(data[pos:])
-		if n <= 0 || uint64(len(data)-pos-n) < size {
-			break
+	sc := j.scanSegment(data, start)
+	if sc.badFrom == 0 {
+		return nil
+	}
+	d := tailDamage{Segment: path, From: sc.badFrom + j.base, Damaged: sc.damaged()}
+	if sc.lastGood > sc.badFrom {
+		d.Through = sc.lastGood + j.base
+	}
+	if j.opts.OnTailDamage != nil {
+		if err := j.opts.OnTailDamage(d); err != nil {
+			return err
 		}
-		pos += n + int(size)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	if err := f.Truncate(int64(pos)); err != nil {
+	if err := f.Truncate(int64(sc.badOff)); err != nil {
 		f.Close()
 		return err
 	}
 	return syncClose(f)
+}
+
+// truncationLeftovers reports whether dir holds the .START or .END file
+// of a truncation that tidwall/wal did not finish.
+func truncationLeftovers(dir string) bool {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".START") || strings.HasSuffix(n, ".END") {
+			return true
+		}
+	}
+	return false
 }
 
 // syncClose fsyncs and closes f.
@@ -244,22 +293,154 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-func sealRecord(payload []byte) []byte {
-	return appendSealed(make([]byte, 0, 4+len(payload)), payload)
+// v2Seed is the initial value of the checksum of a record in the current
+// format, so that no record of the older format checks as one of this.
+const v2Seed = 0x70786c32
+
+// minRecordBytes is the least a current-format record takes: the checksum
+// and two one-byte numbers.
+const minRecordBytes = 6
+
+// appendRecord appends record n, with the synced mark synced, to b.
+func appendRecord(b []byte, n, synced uint64, payload []byte) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0)
+	b = binary.AppendUvarint(b, n)
+	b = binary.AppendUvarint(b, n-synced)
+	b = append(b, payload...)
+	binary.LittleEndian.PutUint32(b[start:], crc32.Update(v2Seed, crcTable, b[start+4:]))
+	return b
 }
 
-// appendSealed appends payload with its checksum in front to b.
-func appendSealed(b, payload []byte) []byte {
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, crcTable))
-	return append(b, payload...)
+// parseRecord checks raw as a current-format record and returns its
+// position, synced mark and payload.
+func parseRecord(raw []byte) (n, synced uint64, payload []byte, ok bool) {
+	if len(raw) < minRecordBytes || binary.LittleEndian.Uint32(raw) != crc32.Update(v2Seed, crcTable, raw[4:]) {
+		return 0, 0, nil, false
+	}
+	n, k := binary.Uvarint(raw[4:])
+	if k <= 0 {
+		return 0, 0, nil, false
+	}
+	back, k2 := binary.Uvarint(raw[4+k:])
+	if k2 <= 0 || back > n {
+		return 0, 0, nil, false
+	}
+	return n, n - back, raw[4+k+k2:], true
 }
 
-func checkRecord(raw []byte) ([]byte, bool) {
+// checkV1Record checks raw as a record of the older format.
+func checkV1Record(raw []byte) ([]byte, bool) {
 	if len(raw) < 4 {
 		return nil, false
 	}
 	payload := raw[4:]
 	return payload, binary.LittleEndian.Uint32(raw) == crc32.Checksum(payload, crcTable)
+}
+
+// openRecord checks raw as the record at position n and returns its
+// payload and synced mark (0 for an older-format record).
+func (j *journal) openRecord(n uint64, raw []byte) ([]byte, uint64, bool) {
+	if num, synced, p, ok := parseRecord(raw); ok {
+		return p, synced, num == n
+	}
+	if n < j.v2From.Load() {
+		if p, ok := checkV1Record(raw); ok {
+			return p, 0, true
+		}
+	}
+	return nil, 0, false
+}
+
+// segmentScan is what scanSegment found in one segment file.
+type segmentScan struct {
+	good    map[uint64][]byte // payload of every good record, by position
+	badFrom uint64            // position of the first bad record; 0: none
+	badOff  int               // its offset in the file
+	// What the good records after the first bad one show: the highest
+	// synced mark among them, and whether one is of the older format
+	// (which carries no mark).
+	syncedAfter uint64
+	olderAfter  bool
+	lastGood    uint64 // position of the last good record
+}
+
+// damaged reports whether the bad records can be anything but a tail
+// that a crash tore before it was synced: a record written after them
+// says they were synced (or is of the older format, which cannot say).
+func (sc segmentScan) damaged() bool {
+	return sc.badFrom != 0 && (sc.olderAfter || sc.syncedAfter >= sc.badFrom)
+}
+
+// scanSegment checks every record of one segment file, whose first record
+// is at position first. After a bad record it looks for the next good one:
+// first where the bad record's length says the next one starts, then, if
+// that is no good record either, at every later offset, for a record in
+// the current format whose position fits (older-format records carry no
+// position and are found only through the framing).
+func (j *journal) scanSegment(data []byte, first uint64) segmentScan {
+	sc := segmentScan{good: make(map[uint64][]byte)}
+	next := first
+	pos := 0
+	for pos < len(data) {
+		size, k := binary.Uvarint(data[pos:])
+		framed := k > 0 && uint64(len(data)-pos-k) >= size
+		if framed {
+			raw := data[pos+k : pos+k+int(size)]
+			if p, synced, ok := j.openRecord(next, raw); ok {
+				sc.good[next] = p
+				sc.lastGood = next
+				if sc.badFrom != 0 {
+					sc.syncedAfter = max(sc.syncedAfter, synced)
+					sc.olderAfter = sc.olderAfter || next < j.v2From.Load() && synced == 0
+				}
+				pos += k + int(size)
+				next++
+				continue
+			}
+		}
+		if sc.badFrom == 0 {
+			sc.badFrom, sc.badOff = next, pos
+		}
+		// Where does the next good record start? Try the framing first.
+		if framed && size > 0 {
+			q := pos + k + int(size)
+			if s2, k2 := binary.Uvarint(data[q:]); q < len(data) && k2 > 0 && uint64(len(data)-q-k2) >= s2 {
+				if _, _, ok := j.openRecord(next+1, data[q+k2:q+k2+int(s2)]); ok {
+					pos = q
+					next++
+					continue
+				}
+			}
+		}
+		q, n := resync(data, pos+1, next)
+		if q < 0 {
+			break
+		}
+		pos, next = q, n
+	}
+	return sc
+}
+
+// resync finds the first offset at or after from where a current-format
+// record with a position of at least next starts (every record lost in
+// between took at least minRecordBytes+1 bytes). It returns -1 if none.
+func resync(data []byte, from int, next uint64) (int, uint64) {
+	for q := from; q < len(data); q++ {
+		size, k := binary.Uvarint(data[q:])
+		if k <= 0 || size < minRecordBytes || uint64(len(data)-q-k) < size {
+			continue
+		}
+		raw := data[q+k : q+k+int(size)]
+		n, k2 := binary.Uvarint(raw[4:])
+		if k2 <= 0 || n < next || n > next+uint64(q-from)/(minRecordBytes+1)+1 {
+			continue
+		}
+		if num, _, _, ok := parseRecord(raw); ok && num == n {
+			return q, n
+		}
+	}
+	return -1, 0
 }
 
 // Append writes payloads as the next records, without syncing, and returns
@@ -276,7 +457,7 @@ func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 	}
 	j.batch.Clear()
 	for i, p := range payloads {
-		j.sealBuf = appendSealed(j.sealBuf[:0], p)
+		j.sealBuf = appendRecord(j.sealBuf[:0], last+uint64(i)+1, j.synced, p)
 		j.segBytes += len(j.sealBuf) + binary.MaxVarintLen32
 		j.batch.Write(last+uint64(i)+1, j.sealBuf)
 	}
@@ -389,11 +570,14 @@ func (j *journal) Read(n uint64) ([]byte, error) {
 		if errors.Is(err, wal.ErrNotFound) {
 			return nil, errNotFound
 		}
+		if errors.Is(err, wal.ErrCorrupt) { // its segment does not frame
+			return nil, fmt.Errorf("read record %d in %s: %w", n, j.segmentOf(n), errJournalCorrupt)
+		}
 		return nil, fmt.Errorf("read record %d: %w", n, err)
 	}
-	p, ok := checkRecord(raw)
+	p, _, ok := j.openRecord(n-base, raw)
 	if !ok {
-		return nil, fmt.Errorf("read record %d: %w", n, errJournalCorrupt)
+		return nil, fmt.Errorf("read record %d in %s: %w", n, j.segmentOf(n), errJournalCorrupt)
 	}
 	return p, nil
 }
@@ -527,6 +711,196 @@ func (j *journal) crash() error {
 	return err
 }
 
+// formatFile names the position of a journal's first record in the
+// current format: "v2 <position>". A journal without one was written
+// before the format; openJournal writes it.
+const formatFile = "FORMAT"
+
+// loadFormat reads FORMAT. Without one, every record is taken for the
+// older format until openJournal writes it. An unreadable one
+// counts as a journal in the current format throughout, so that older
+// records there read as damaged and are repaired, never trusted blindly.
+func (j *journal) loadFormat() error {
+	b, err := os.ReadFile(filepath.Join(j.dir, formatFile))
+	if errors.Is(err, os.ErrNotExist) {
+		if segs, _ := segmentFiles(j.dir); len(segs) == 0 {
+			return j.writeFormat(1) // a new journal
+		}
+		j.v2From.Store(math.MaxUint64) // every record so far is of the older format
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var n uint64
+	if _, err := fmt.Sscanf(string(b), "v2 %d", &n); err != nil || n == 0 {
+		n = 1
+	}
+	j.v2From.Store(n)
+	return nil
+}
+
+// writeFormat records that records from position n on are in the
+// current format.
+func (j *journal) writeFormat(n uint64) error {
+	tmp := filepath.Join(j.dir, formatFile+".tmp")
+	if err := writeFileSync(tmp, fmt.Appendf(nil, "v2 %d\n", n)); err != nil {
+		return fmt.Errorf("write %s: %w", formatFile, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(j.dir, formatFile)); err != nil {
+		return fmt.Errorf("write %s: %w", formatFile, err)
+	}
+	if err := syncDir(j.dir); err != nil {
+		return fmt.Errorf("write %s: %w", formatFile, err)
+	}
+	j.v2From.Store(n)
+	return nil
+}
+
+// segmentInfo is one segment file: its path and the positions it holds,
+// first up to next-1.
+type segmentInfo struct {
+	path        string
+	first, next uint64
+}
+
+// closedSegments lists the segment files before the tail one, oldest
+// first: their contents no longer change, so they can be read from disk
+// while the journal is in use.
+func (j *journal) closedSegments() []segmentInfo {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.closedSegmentsLocked()
+}
+
+func (j *journal) closedSegmentsLocked() []segmentInfo {
+	segs, _ := segmentFiles(j.dir)
+	var out []segmentInfo
+	for i := 0; i+1 < len(segs); i++ {
+		a, _ := strconv.ParseUint(filepath.Base(segs[i]), 10, 64)
+		b, _ := strconv.ParseUint(filepath.Base(segs[i+1]), 10, 64)
+		if a > 0 && b > a {
+			out = append(out, segmentInfo{path: segs[i], first: a, next: b})
+		}
+	}
+	return out
+}
+
+// segmentOf names the segment file that holds journal number n, relative
+// to the journal's parent directory (for messages: "log/00000000000000000001").
+func (j *journal) segmentOf(n uint64) string {
+	j.mu.Lock()
+	base := j.base
+	j.mu.Unlock()
+	segs, _ := segmentFiles(j.dir)
+	pos := n - base
+	name := "?"
+	for _, p := range segs {
+		start, _ := strconv.ParseUint(filepath.Base(p), 10, 64)
+		if start > pos {
+			break
+		}
+		name = filepath.Base(p)
+	}
+	return filepath.Join(filepath.Base(j.dir), name)
+}
+
+// Name is the journal's directory name (for messages).
+func (j *journal) Name() string { return filepath.Base(j.dir) }
+
+// ScanClosed checks every record of a closed segment and returns the
+// journal numbers of those that are bad.
+func (j *journal) ScanClosed(s segmentInfo) ([]uint64, error) {
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		return nil, err // truncated away meanwhile, or unreadable
+	}
+	sc := j.scanSegment(data, s.first)
+	j.mu.Lock()
+	base := j.base
+	j.mu.Unlock()
+	var bad []uint64
+	for n := s.first; n < s.next; n++ {
+		if _, ok := sc.good[n]; !ok {
+			bad = append(bad, n+base)
+		}
+	}
+	return bad, nil
+}
+
+// errTailSegment: a rewrite was asked for a record of the tail segment,
+// which tidwall/wal holds open for appends.
+var errTailSegment = errors.New("record is in the tail segment")
+
+// RewriteRecords replaces the payloads of records in closed segments,
+// fix mapping journal numbers to payloads, and returns the segment files
+// it rewrote. Each such segment is written anew: every other record as
+// it reads now (it must be good), to a temporary file that is synced and
+// renamed over the old one. A crash leaves the old file or the new one.
+func (j *journal) RewriteRecords(fix map[uint64][]byte) ([]string, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.writableLocked(); err != nil {
+		return nil, err
+	}
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	segs := j.closedSegmentsLocked()
+	todo := map[int]bool{}
+	for n := range fix {
+		pos := n - j.base
+		found := false
+		for i, s := range segs {
+			if pos >= s.first && pos < s.next {
+				todo[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("rewrite record %d: %w", n, errTailSegment)
+		}
+	}
+	var done []string
+	for i := range segs {
+		if !todo[i] {
+			continue
+		}
+		s := segs[i]
+		data, err := os.ReadFile(s.path)
+		if err != nil {
+			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+		}
+		sc := j.scanSegment(data, s.first)
+		var out []byte
+		for pos := s.first; pos < s.next; pos++ {
+			p, ok := fix[pos+j.base]
+			if !ok {
+				if p, ok = sc.good[pos]; !ok {
+					return done, fmt.Errorf("rewrite %s: record %d is bad and no good copy was given: %w", s.path, pos+j.base, errJournalCorrupt)
+				}
+			}
+			rec := appendRecord(nil, pos, pos, p)
+			out = binary.AppendUvarint(out, uint64(len(rec)))
+			out = append(out, rec...)
+		}
+		tmp := s.path + ".rewrite"
+		if err := writeFileSync(tmp, out); err != nil {
+			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+		}
+		if err := os.Rename(tmp, s.path); err != nil {
+			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+		}
+		if err := syncDir(j.dir); err != nil {
+			return done, j.fail(fmt.Errorf("rewrite %s: sync dir: %w", s.path, err))
+		}
+		done = append(done, filepath.Join(filepath.Base(j.dir), filepath.Base(s.path)))
+	}
+	if err := j.log.ClearCache(); err != nil {
+		return done, j.fail(fmt.Errorf("rewrite: clear cache: %w", err))
+	}
+	return done, nil
+}
+
 // baseFile holds a journal's base and meta: "<base>\n<meta>".
 const baseFile = "BASE"
 
@@ -595,6 +969,9 @@ func (j *journal) Reset(base uint64, meta []byte) error {
 	}
 	if err := syncDir(j.dir); err != nil {
 		return j.fail(fmt.Errorf("reset: sync dir: %w", err))
+	}
+	if err := j.writeFormat(1); err != nil {
+		return j.fail(fmt.Errorf("reset: %w", err))
 	}
 	l, err := wal.Open(j.dir, j.walOptions())
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,11 +253,16 @@ func TestJournalSyncTo(t *testing.T) {
 // fails. Open must drop exactly that and keep every record before it.
 func TestJournalRepairsTail(t *testing.T) {
 	t.Parallel()
+	// badCRC is a framed record whose checksum fails, good one at position
+	// n with the synced mark a real append would give it.
 	badCRC := func(payload string) []byte {
 		body := make([]byte, 4+len(payload))
 		binary.LittleEndian.PutUint32(body, crc32.Checksum([]byte(payload), crcTable)+1)
 		copy(body[4:], payload)
 		return walBinaryEntry(body)
+	}
+	good := func(n int) []byte {
+		return walBinaryEntry(appendRecord(nil, uint64(n), uint64(n-1), journalPayload(n)))
 	}
 	cat := func(parts ...[]byte) []byte {
 		var out []byte
@@ -278,9 +284,8 @@ func TestJournalRepairsTail(t *testing.T) {
 		{"bad checksum", func(int) []byte { return badCRC("lost") }, 0},
 		{"several bad checksums", func(int) []byte { return cat(badCRC("lost 1"), badCRC("lost 2")) }, 0},
 		{"bad checksum then torn", func(int) []byte { return cat(badCRC("lost"), []byte{0x85}) }, 0},
-		{"good then bad checksum", func(next int) []byte {
-			return cat(walBinaryEntry(sealRecord(journalPayload(next))), badCRC("lost"))
-		}, 1},
+		{"good then bad checksum", func(next int) []byte { return cat(good(next), badCRC("lost")) }, 1},
+		{"a record from another position", func(next int) []byte { return good(next + 1) }, 0},
 	}
 	for _, tc := range tests {
 		for _, size := range []int{0, smallSegments} {
@@ -289,7 +294,11 @@ func TestJournalRepairsTail(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
 					dir := t.TempDir()
-					opts := journalOptions{SegmentSize: size}
+					var reports []tailDamage
+					opts := journalOptions{SegmentSize: size, OnTailDamage: func(d tailDamage) error {
+						reports = append(reports, d)
+						return nil
+					}}
 					j := openTestJournal(t, dir, opts)
 					appendJournalRecords(t, j, 1, records)
 					if err := j.Close(); err != nil {
@@ -303,6 +312,9 @@ func TestJournalRepairsTail(t *testing.T) {
 					if got := j.Synced(); got != uint64(want) {
 						t.Errorf("synced after repair = %d, want %d", got, want)
 					}
+					if len(reports) != 1 || reports[0].Damaged || reports[0].From != uint64(want+1) {
+						t.Errorf("tail reports %+v, want one torn tail from %d", reports, want+1)
+					}
 					appendJournalRecords(t, j, want+1, want+3)
 					if err := j.Sync(); err != nil {
 						t.Fatalf("sync: %v", err)
@@ -313,65 +325,217 @@ func TestJournalRepairsTail(t *testing.T) {
 
 					j = openTestJournal(t, dir, opts)
 					checkJournalRecords(t, j, 1, want+3)
+					if len(reports) != 1 {
+						t.Errorf("a clean reopen reported %+v", reports[1:])
+					}
 				})
 			}
 		}
 	}
 }
 
-// TestJournalCorruptRecord flips a byte of a record that a good record
-// follows: that is synced data lost, and Read must say so rather than
-// guess.
-func TestJournalCorruptRecord(t *testing.T) {
+// segmentRecordOffsets walks a segment file's framing and returns where
+// each record starts (the offset of its length) and its body starts.
+func segmentRecordOffsets(t *testing.T, data []byte) (starts, bodies []int) {
+	t.Helper()
+	for pos := 0; pos < len(data); {
+		size, k := binary.Uvarint(data[pos:])
+		if k <= 0 || pos+k+int(size) > len(data) {
+			t.Fatalf("bad framing at %d", pos)
+		}
+		starts, bodies = append(starts, pos), append(bodies, pos+k)
+		pos += k + int(size)
+	}
+	return starts, bodies
+}
+
+// TestJournalDamagedTail: bad records in the tail segment are reported
+// before they are dropped, as damage when a good record after them (found
+// through intact framing, or by scanning past framing that is itself
+// damaged) was written after they were synced, as a torn tail otherwise.
+func TestJournalDamagedTail(t *testing.T) {
 	t.Parallel()
-	for _, victim := range []int{1, 2, 3} {
-		t.Run(fmt.Sprintf("record %d of 4", victim), func(t *testing.T) {
+	tests := []struct {
+		name    string
+		damage  func(data []byte, starts, bodies []int) // records 1..9 in one segment
+		from    uint64                                  // first record dropped
+		damaged bool
+	}{
+		{"payload byte of record 3", func(d []byte, s, b []int) { d[b[2]+7] ^= 0x40 }, 3, true},
+		{"length of record 3", func(d []byte, s, b []int) { d[s[2]] = 0x7f }, 3, true},
+		{"zeroed block over records 3 to 5", func(d []byte, s, b []int) { clear(d[s[2]+1 : s[5]-2]) }, 3, true},
+		{"last record before the seal", func(d []byte, s, b []int) { d[b[7]+7] ^= 0x01 }, 8, true},
+		// With group: the seal was written together with record 8, before
+		// the sync that covered 8, so the seal's good copy proves nothing.
+		{"group: unsynced record 8 torn", func(d []byte, s, b []int) { clear(d[b[7]:s[8]]) }, 8, false},
+		{"the seal torn", func(d []byte, s, b []int) { d[b[8]+5] ^= 0x01 }, 9, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			j := openTestJournal(t, dir, journalOptions{})
-			appendJournalRecords(t, j, 1, 4)
+			var reports []tailDamage
+			opts := journalOptions{OnTailDamage: func(d tailDamage) error {
+				reports = append(reports, d)
+				return nil
+			}}
+			j := openTestJournal(t, dir, opts)
+			group := strings.HasPrefix(tc.name, "group:")
+			for n := 1; n <= 8; n++ { // each synced before the next
+				appendJournalRecords(t, j, n, n)
+				if n == 8 && group {
+					continue
+				}
+				if err := j.Sync(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// An idle seal: a record that says all eight are synced.
+			if _, err := j.Append([]byte("seal")); err != nil {
+				t.Fatal(err)
+			}
 			if err := j.Close(); err != nil {
-				t.Fatalf("close: %v", err)
+				t.Fatal(err)
 			}
 			path := newestSegment(t, dir)
 			data, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Walk the uvarint-framed entries to the victim's payload.
-			pos := 0
-			for n := 1; ; n++ {
-				size, k := binary.Uvarint(data[pos:])
-				if k <= 0 {
-					t.Fatalf("bad framing at %d", pos)
-				}
-				if n == victim {
-					data[pos+k+4] ^= 0xff // first payload byte, after the checksum
-					break
-				}
-				pos += k + int(size)
-			}
+			starts, bodies := segmentRecordOffsets(t, data)
+			tc.damage(data, starts, bodies)
 			if err := os.WriteFile(path, data, 0o640); err != nil {
 				t.Fatal(err)
 			}
-
-			j = openTestJournal(t, dir, journalOptions{})
-			if first, last := j.Bounds(); first != 1 || last != 4 {
-				t.Fatalf("bounds = %d..%d, want 1..4: a corrupt record inside the journal is not a torn tail", first, last)
+			j = openTestJournal(t, dir, opts)
+			if len(reports) != 1 || reports[0].Damaged != tc.damaged || reports[0].From != tc.from || reports[0].Segment != path {
+				t.Fatalf("reports %+v, want one from %d in %s, damaged %v", reports, tc.from, path, tc.damaged)
 			}
-			for n := 1; n <= 4; n++ {
-				p, err := j.Read(uint64(n))
-				if n == victim {
-					if !errors.Is(err, errJournalCorrupt) {
-						t.Errorf("read corrupt record %d = %q, %v; want errJournalCorrupt", n, p, err)
-					}
-					continue
-				}
-				if err != nil || string(p) != string(journalPayload(n)) {
-					t.Errorf("read %d = %q, %v", n, p, err)
-				}
+			if d := reports[0]; tc.from < 9 && d.Through != 9 {
+				t.Fatalf("report %+v: the seal is a good record after the damage", d)
 			}
+			checkJournalRecords(t, j, 1, int(tc.from)-1)
 		})
+	}
+	// The owner may refuse: nothing is dropped, the open fails.
+	dir := t.TempDir()
+	j := openTestJournal(t, dir, journalOptions{})
+	appendJournalRecords(t, j, 1, 3)
+	j.Close()
+	appendToSegment(t, newestSegment(t, dir), []byte{0x80})
+	refuse := errors.New("not now")
+	if _, err := openJournal(dir, journalOptions{OnTailDamage: func(tailDamage) error { return refuse }}); !errors.Is(err, refuse) {
+		t.Fatalf("open with a refusing owner: %v", err)
+	}
+	j = openTestJournal(t, dir, journalOptions{})
+	checkJournalRecords(t, j, 1, 3)
+}
+
+// TestJournalCorruptRecord flips a byte of a record in a closed segment:
+// that is synced data lost, and Read must say so rather than guess; the
+// scan of the segment names it, and RewriteRecords puts a good copy back.
+func TestJournalCorruptRecord(t *testing.T) {
+	t.Parallel()
+	for _, what := range []string{"payload", "length", "zeroed"} {
+		t.Run(what, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			opts := journalOptions{SegmentSize: smallSegments}
+			j := openTestJournal(t, dir, opts)
+			appendJournalRecords(t, j, 1, 40)
+			if err := j.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			j = openTestJournal(t, dir, opts)
+			segs := j.closedSegments()
+			if len(segs) < 2 {
+				t.Fatalf("%d closed segments, want several", len(segs))
+			}
+			seg := segs[1]
+			data, err := os.ReadFile(seg.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			starts, bodies := segmentRecordOffsets(t, data)
+			if len(starts) < 3 {
+				t.Fatalf("segment %s holds %d records", seg.path, len(starts))
+			}
+			victim := seg.first + 1
+			switch what {
+			case "payload":
+				data[bodies[1]+6] ^= 0xff
+			case "length":
+				data[starts[1]] = 0x03
+			case "zeroed":
+				clear(data[starts[1]:bodies[2]])
+			}
+			if err := os.WriteFile(seg.path, data, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			j.Close()
+
+			j = openTestJournal(t, dir, opts)
+			if first, last := j.Bounds(); first != 1 || last != 40 {
+				t.Fatalf("bounds = %d..%d, want 1..40: a closed segment is not the tail", first, last)
+			}
+			if p, err := j.Read(victim); !errors.Is(err, errJournalCorrupt) {
+				t.Fatalf("read corrupt record %d = %q, %v; want errJournalCorrupt", victim, p, err)
+			}
+			bad, err := j.ScanClosed(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBad := []uint64{victim}
+			if what == "zeroed" {
+				wantBad = []uint64{victim, victim + 1}
+			}
+			if !reflect.DeepEqual(bad, wantBad) {
+				t.Fatalf("scan found %v bad, want %v", bad, wantBad)
+			}
+			fix := map[uint64][]byte{}
+			for _, n := range bad {
+				fix[n] = journalPayload(int(n))
+			}
+			if _, err := j.RewriteRecords(fix); err != nil {
+				t.Fatalf("rewrite: %v", err)
+			}
+			checkJournalRecords(t, j, 1, 40)
+			if bad, _ := j.ScanClosed(seg); len(bad) != 0 {
+				t.Fatalf("after the rewrite the scan finds %v bad", bad)
+			}
+			if _, err := j.RewriteRecords(map[uint64][]byte{40: []byte("x")}); !errors.Is(err, errTailSegment) {
+				t.Fatalf("rewrite in the tail segment: %v", err)
+			}
+			j.Close()
+			j = openTestJournal(t, dir, opts)
+			checkJournalRecords(t, j, 1, 40)
+		})
+	}
+}
+
+// TestJournalReadsOlderFormat: a journal written before the current
+// record format (no FORMAT file, crc32c(payload) || payload records) reads
+// as before, and new records go on in the current format.
+func TestJournalReadsOlderFormat(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var seg []byte
+	for n := 1; n <= 5; n++ {
+		p := journalPayload(n)
+		rec := binary.LittleEndian.AppendUint32(nil, crc32.Checksum(p, crcTable))
+		seg = append(seg, walBinaryEntry(append(rec, p...))...)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00000000000000000001"), seg, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	j := openTestJournal(t, dir, journalOptions{})
+	checkJournalRecords(t, j, 1, 5)
+	appendJournalRecords(t, j, 6, 8)
+	j.Close()
+	j = openTestJournal(t, dir, journalOptions{})
+	checkJournalRecords(t, j, 1, 8)
+	if b, _ := os.ReadFile(filepath.Join(dir, formatFile)); string(b) != "v2 6\n" {
+		t.Fatalf("FORMAT = %q", b)
 	}
 }
 
