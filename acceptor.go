@@ -25,23 +25,31 @@ import (
 //   - A4: state for slots <= floor is dropped only once those slots are
 //     chosen and stored, synced, in this node's learner log; every promise
 //     reports floor so a new leader learns those slots before it proposes.
+//     The checkpoint that drops them also records floorIndex, the last
+//     client index the learner held then: a learner that finds fewer at
+//     start lost synced records and must not take slots <= floor for
+//     applied (Learner.load).
 
 // acceptorState is the acceptor's memory: pure data, changed only by the
 // transition methods, which return the record that must be made durable
 // before their reply is sent.
 type acceptorState struct {
-	promised Ballot
-	floor    Slot
-	accepted map[Slot]SlotValue // slot > floor only
+	promised   Ballot
+	floor      Slot
+	floorIndex Index              // the learner's last index when floor was set (A4)
+	indexKnown bool               // floorIndex was recorded (checkpoints of older builds lack it)
+	accepted   map[Slot]SlotValue // slot > floor only
 }
 
 // acceptorRecord is one journal record: a promise, an acceptance of a
-// batch of slots, or a checkpoint that restates the whole state.
+// batch of slots, a checkpoint that restates the whole state, or a seal
+// (no state: a record that says every one before it is synced).
 type acceptorRecord struct {
-	Kind     string      `json:"k"` // "p", "a" or "c"
-	Promised Ballot      `json:"p"`
-	Floor    Slot        `json:"f,omitempty"`
-	Values   []SlotValue `json:"v,omitempty"`
+	Kind       string      `json:"k"` // "p", "a", "c" or "s"
+	Promised   Ballot      `json:"p"`
+	Floor      Slot        `json:"f,omitempty"`
+	Values     []SlotValue `json:"v,omitempty"`
+	FloorIndex *Index      `json:"fi,omitempty"` // checkpoints only; nil in older builds' records
 }
 
 func newAcceptorState() *acceptorState {
@@ -97,13 +105,19 @@ func (s *acceptorState) accept(b Ballot, vals []SlotValue) (Accepted, *acceptorR
 	return Accepted{OK: true, Promised: b}, rec
 }
 
-// compact drops the state of every slot <= floor and returns the
+// compact drops the state of every slot <= floor, where index is the
+// learner's last index with every slot <= floor applied, and returns the
 // checkpoint record that restates what is left.
-func (s *acceptorState) compact(floor Slot) *acceptorRecord {
-	if floor > s.floor {
+func (s *acceptorState) compact(floor Slot, index Index) *acceptorRecord {
+	if floor > s.floor || (floor == s.floor && !s.indexKnown) {
 		s.floor = floor
+		s.floorIndex, s.indexKnown = index, true
 	}
 	rec := &acceptorRecord{Kind: "c", Promised: s.promised, Floor: s.floor}
+	if s.indexKnown {
+		fi := s.floorIndex
+		rec.FloorIndex = &fi
+	}
 	for slot, sv := range s.accepted {
 		if slot <= s.floor {
 			delete(s.accepted, slot)
@@ -119,6 +133,10 @@ func (s *acceptorState) compact(floor Slot) *acceptorRecord {
 func (s *acceptorState) replay(r acceptorRecord) {
 	if r.Kind == "c" {
 		s.floor = r.Floor
+		s.floorIndex, s.indexKnown = 0, r.FloorIndex != nil
+		if r.FloorIndex != nil {
+			s.floorIndex = *r.FloorIndex
+		}
 		s.accepted = make(map[Slot]SlotValue, len(r.Values))
 	}
 	if s.promised.Less(r.Promised) {
@@ -136,9 +154,11 @@ func (s *acceptorState) replay(r acceptorRecord) {
 type Acceptor struct {
 	journal *journal
 
-	mu         sync.Mutex // protects state and sinceCheck
+	mu         sync.Mutex // protects the fields below
 	state      *acceptorState
-	sinceCheck int // records written since the last checkpoint
+	sinceCheck int       // records written since the last checkpoint
+	lastWrite  time.Time // when the last record was appended
+	sealed     uint64    // the last seal record written
 
 	// hook, nil outside tests, is called at "written" and "synced"; an
 	// error (wrapping errInjected) fails the request there.
@@ -190,6 +210,7 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 		return 0, fmt.Errorf("acceptor: %w", err)
 	}
 	a.sinceCheck++
+	a.lastWrite = time.Now()
 	return seq, nil
 }
 
@@ -296,10 +317,11 @@ func (a *Acceptor) valueExactly(slot Slot, b Ballot) (Value, bool) {
 }
 
 // compact checkpoints the state above the learner's durable applied slot
-// and drops the journal before the checkpoint (invariant A4).
-func (a *Acceptor) compact(floor Slot) error {
+// floor, whose last index is index, and drops the journal before the
+// checkpoint (invariant A4).
+func (a *Acceptor) compact(floor Slot, index Index) error {
 	a.mu.Lock()
-	rec := a.state.compact(floor)
+	rec := a.state.compact(floor, index)
 	seq, err := a.journal.Append(rec.encode())
 	if err == nil {
 		a.sinceCheck = 0
@@ -317,17 +339,75 @@ func (a *Acceptor) compact(floor Slot) error {
 	return nil
 }
 
+// FloorIndex returns the learner's last index when the floor was set,
+// and whether a checkpoint recorded it (A4).
+func (a *Acceptor) FloorIndex() (Index, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state.floorIndex, a.state.indexKnown
+}
+
+// sealIdle is how long the journal must have been written to no more
+// before seal writes its record.
+const sealIdle = 200 * time.Millisecond
+
+// seal, once no record has been written for sealIdle, syncs the journal
+// and appends and syncs a seal record: one whose synced mark covers every
+// record before it. Damage to the last records before a pause is then
+// told from a crash's torn tail at the next open (the seal is a good
+// record written once they were synced: see tailDamage); without it, the
+// last record written before the node went idle could be damaged and
+// dropped as torn. Under load each record's mark covers the records
+// synced before it, so the window where the two cannot be told apart is
+// the last group commit before a crash.
+func (a *Acceptor) seal(now time.Time) error {
+	a.mu.Lock()
+	_, last := a.journal.Bounds()
+	due := last > a.sealed && now.Sub(a.lastWrite) >= sealIdle
+	promised := a.state.promised
+	a.mu.Unlock()
+	if !due {
+		return nil
+	}
+	if err := a.journal.SyncTo(last); err != nil {
+		return fmt.Errorf("acceptor seal: %w", err)
+	}
+	a.mu.Lock()
+	if _, cur := a.journal.Bounds(); cur != last {
+		a.mu.Unlock()
+		return nil // written to meanwhile: not idle after all
+	}
+	seq, err := a.journal.Append((&acceptorRecord{Kind: "s", Promised: promised}).encode())
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("acceptor seal: %w", err)
+	}
+	if err := a.journal.SyncTo(seq); err != nil {
+		return fmt.Errorf("acceptor seal: %w", err)
+	}
+	a.mu.Lock()
+	a.sealed = max(a.sealed, seq)
+	a.mu.Unlock()
+	return nil
+}
+
 // run returns the acceptor's background loop: it compacts the journal once
-// enough records have built up and the learner has stored more slots.
+// enough records have built up and the learner has stored more slots, and
+// seals it when it goes idle.
 func (a *Acceptor) run(n *Node) func(context.Context) {
 	return func(ctx context.Context) {
 		t := time.NewTicker(min(250*time.Millisecond, n.cfg.RetentionInterval))
 		defer t.Stop()
 		for {
+			var now time.Time
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case now = <-t.C:
+			}
+			if err := a.seal(now); err != nil {
+				n.storageFailed(err)
+				return
 			}
 			a.mu.Lock()
 			due := a.sinceCheck >= n.cfg.CheckpointEvery
@@ -336,7 +416,7 @@ func (a *Acceptor) run(n *Node) func(context.Context) {
 			if !due {
 				continue
 			}
-			stored, err := n.learner.durableApplied()
+			stored, index, err := n.learner.durableApplied()
 			if err != nil {
 				n.fatal(err)
 				return
@@ -344,7 +424,7 @@ func (a *Acceptor) run(n *Node) func(context.Context) {
 			if stored <= floor {
 				continue
 			}
-			if err := a.compact(stored); err != nil {
+			if err := a.compact(stored, index); err != nil {
 				n.fatal(err)
 				return
 			}

@@ -56,7 +56,7 @@ func (op acceptorOp) apply(s *acceptorState) (any, *acceptorRecord) {
 	case "accept":
 		return s.accept(op.ballot, op.vals)
 	case "compact":
-		return nil, s.compact(op.slot)
+		return nil, s.compact(op.slot, Index(2*op.slot)) // two entries a slot
 	}
 	panic("unknown op " + op.kind)
 }
@@ -70,6 +70,9 @@ func acceptOp(b Ballot, vals ...SlotValue) acceptorOp {
 }
 
 func compactOp(floor Slot) acceptorOp { return acceptorOp{kind: "compact", slot: floor} }
+
+// idx is a pointer to i, for a checkpoint's floor index.
+func idx(i Index) *Index { return &i }
 
 // acceptorStep is an op with the reply and the record it must give; a nil
 // record means nothing is to be journaled.
@@ -205,7 +208,7 @@ func TestAcceptorStateTransitions(t *testing.T) {
 		{
 			name: "slots at or below the floor are acknowledged without being stored",
 			steps: []acceptorStep{
-				{compactOp(5), nil, &acceptorRecord{Kind: "c", Floor: 5}},
+				{compactOp(5), nil, &acceptorRecord{Kind: "c", Floor: 5, FloorIndex: idx(10)}},
 				{
 					acceptOp(b11, accProp(4, "d"), accProp(5, "e"), accProp(6, "f")),
 					Accepted{OK: true, Promised: b11},
@@ -216,7 +219,7 @@ func TestAcceptorStateTransitions(t *testing.T) {
 				{prepareOp(b31, 1), Promise{OK: true, Promised: b31, Floor: 5, Accepted: []SlotValue{accSV(6, b11, "f")}}, &acceptorRecord{Kind: "p", Promised: b31}},
 				{prepareOp(b21, 1), Promise{OK: false, Promised: b31, Floor: 5}, nil},
 			},
-			want: acceptorState{promised: b31, floor: 5, accepted: acceptedSet(accSV(6, b11, "f"))},
+			want: acceptorState{promised: b31, floor: 5, floorIndex: 10, indexKnown: true, accepted: acceptedSet(accSV(6, b11, "f"))},
 		},
 		{
 			name: "compact drops slots at or below the floor and checkpoints the rest",
@@ -227,20 +230,20 @@ func TestAcceptorStateTransitions(t *testing.T) {
 					&acceptorRecord{Kind: "a", Promised: b11, Values: []SlotValue{accSV(1, b11, "a"), accSV(2, b11, "b"), accSV(3, b11, "c"), accSV(4, b11, "d")}},
 				},
 				{prepareOp(b21, 1), Promise{OK: true, Promised: b21, Accepted: []SlotValue{accSV(1, b11, "a"), accSV(2, b11, "b"), accSV(3, b11, "c"), accSV(4, b11, "d")}}, &acceptorRecord{Kind: "p", Promised: b21}},
-				{compactOp(2), nil, &acceptorRecord{Kind: "c", Promised: b21, Floor: 2, Values: []SlotValue{accSV(3, b11, "c"), accSV(4, b11, "d")}}},
+				{compactOp(2), nil, &acceptorRecord{Kind: "c", Promised: b21, Floor: 2, Values: []SlotValue{accSV(3, b11, "c"), accSV(4, b11, "d")}, FloorIndex: idx(4)}},
 				{prepareOp(b31, 1), Promise{OK: true, Promised: b31, Floor: 2, Accepted: []SlotValue{accSV(3, b11, "c"), accSV(4, b11, "d")}}, &acceptorRecord{Kind: "p", Promised: b31}},
 			},
-			want: acceptorState{promised: b31, floor: 2, accepted: acceptedSet(accSV(3, b11, "c"), accSV(4, b11, "d"))},
+			want: acceptorState{promised: b31, floor: 2, floorIndex: 4, indexKnown: true, accepted: acceptedSet(accSV(3, b11, "c"), accSV(4, b11, "d"))},
 		},
 		{
 			name: "compact never lowers the floor",
 			steps: []acceptorStep{
 				{acceptOp(b11, accProp(3, "c"), accProp(6, "f")), Accepted{OK: true, Promised: b11}, &acceptorRecord{Kind: "a", Promised: b11, Values: []SlotValue{accSV(3, b11, "c"), accSV(6, b11, "f")}}},
-				{compactOp(4), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 4, Values: []SlotValue{accSV(6, b11, "f")}}},
-				{compactOp(2), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 4, Values: []SlotValue{accSV(6, b11, "f")}}},
-				{compactOp(6), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 6}},
+				{compactOp(4), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 4, Values: []SlotValue{accSV(6, b11, "f")}, FloorIndex: idx(8)}},
+				{compactOp(2), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 4, Values: []SlotValue{accSV(6, b11, "f")}, FloorIndex: idx(8)}},
+				{compactOp(6), nil, &acceptorRecord{Kind: "c", Promised: b11, Floor: 6, FloorIndex: idx(12)}},
 			},
-			want: acceptorState{promised: b11, floor: 6, accepted: acceptedSet()},
+			want: acceptorState{promised: b11, floor: 6, floorIndex: 12, indexKnown: true, accepted: acceptedSet()},
 		},
 	}
 	for _, tc := range tests {
@@ -514,7 +517,7 @@ func TestAcceptorCompactReopen(t *testing.T) {
 	mustAcceptDurable(t, a, b11, accProp(1, "a"), accProp(2, "b"), accProp(3, "c"))
 	mustAcceptDurable(t, a, b11, accProp(4, "d"), accProp(5, "e"))
 	mustPrepareDurable(t, a, b21, 1)
-	if err := a.compact(3); err != nil {
+	if err := a.compact(3, 7); err != nil {
 		t.Fatalf("compact: %v", err)
 	}
 	if first, last := a.journal.Bounds(); first != last {
@@ -532,6 +535,9 @@ func TestAcceptorCompactReopen(t *testing.T) {
 	defer a.close()
 	if got := a.Floor(); got != 3 {
 		t.Errorf("floor after reopen = %d, want 3", got)
+	}
+	if fi, known := a.FloorIndex(); fi != 7 || !known {
+		t.Errorf("floor index after reopen = %d (known %v), want 7", fi, known)
 	}
 	if got := a.Promised(); got != b21 {
 		t.Errorf("promise after reopen = %s, want %s", got, b21)

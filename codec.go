@@ -22,8 +22,9 @@ import (
 //	slot value: slot, ballot round, ballot node, value
 //	accept:     'A' (1 byte), from, ballot round, ballot node, commit, count, slot values
 //	forward:    'F' (1 byte), from, value
-//	record:     'R' (1 byte), kind (1 byte: 'p', 'a' or 'c'), promised round,
-//	            promised node, floor, count, slot values
+//	record:     'R' (1 byte), kind (1 byte: 'p', 'a', 'c' or 's'), promised round,
+//	            promised node, floor, count, slot values, and for 'c' floor index
+//	            (checkpoints of older builds end before it)
 //
 // Decoded entries share the input's memory; nothing here changes it.
 
@@ -131,7 +132,11 @@ func (r *acceptorRecord) encode() []byte {
 	b = append(b, tagRecord, r.Kind[0])
 	b = appendBallot(b, r.Promised)
 	b = binary.AppendUvarint(b, uint64(r.Floor))
-	return appendSlotValues(b, r.Values)
+	b = appendSlotValues(b, r.Values)
+	if r.FloorIndex != nil {
+		b = binary.AppendUvarint(b, uint64(*r.FloorIndex))
+	}
+	return b
 }
 
 // decodeAcceptorRecord decodes a journal record, binary or JSON.
@@ -144,7 +149,7 @@ func decodeAcceptorRecord(p []byte) (acceptorRecord, error) {
 	d := decoder{b: p}
 	d.tag(tagRecord)
 	switch k := d.byte(); k {
-	case 'p', 'a', 'c':
+	case 'p', 'a', 'c', 's':
 		r.Kind = string(rune(k))
 	default:
 		if d.err == nil {
@@ -154,6 +159,10 @@ func decodeAcceptorRecord(p []byte) (acceptorRecord, error) {
 	r.Promised = d.ballot()
 	r.Floor = Slot(d.uvarint())
 	r.Values = d.slotValues()
+	if r.Kind == "c" && d.err == nil && len(d.b) > 0 {
+		fi := Index(d.uvarint())
+		r.FloorIndex = &fi
+	}
 	return r, d.end("acceptor record")
 }
 

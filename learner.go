@@ -138,14 +138,36 @@ type Learner struct {
 	notify      chan struct{}           // closed and replaced on every apply
 
 	kick chan struct{} // wakes the catch-up loop
+
+	relearn Index // damage dropped records through this index; learning them again (0: none)
 }
 
-func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*Learner, error) {
+// learnerFloor is what the acceptor's last checkpoint says of the client
+// log (invariant A4): every slot <= slot is chosen and was stored here,
+// through index if known.
+type learnerFloor struct {
+	slot  Slot
+	index Index
+	known bool
+}
+
+func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Duration)) (*Learner, error) {
 	seg := n.cfg.SegmentBytes
 	if seg <= 0 {
 		seg = 4 << 20
 	}
-	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg})
+	var lost Index // re-learn through this index: damage at the tail dropped it
+	onTail := func(d tailDamage) error {
+		if !d.Damaged {
+			n.log.Warn("client log: dropped a torn tail, records a crash cut short", "file", n.relPath(d.Segment), "from", d.From)
+			return nil
+		}
+		lost = Index(max(d.From, d.Through))
+		n.log.Error("client log: records at the end of a segment are damaged; dropping them and learning them again from peers",
+			"file", n.relPath(d.Segment), "from", d.From, "through", d.Through)
+		return nil
+	}
+	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg, OnTailDamage: onTail})
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +181,7 @@ func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 	}
-	if err := l.load(floor); err != nil {
+	if err := l.load(floor, lost); err != nil {
 		j.Close()
 		return nil, fmt.Errorf("learner: %w", err)
 	}
@@ -167,7 +189,8 @@ func openLearner(n *Node, dir string, floor Slot, onSync func(time.Duration)) (*
 }
 
 // load rebuilds the learner's memory from its journal (L3 repair first).
-func (l *Learner) load(floor Slot) error {
+// lost, if not 0, is an index that damage dropped from the tail.
+func (l *Learner) load(floor learnerFloor, lost Index) error {
 	first, last := l.journal.Bounds()
 	if last >= first {
 		rec, err := l.record(Index(last))
@@ -191,10 +214,21 @@ func (l *Learner) load(floor Slot) error {
 		}
 		l.applied = rec.Slot
 	}
-	l.applied = max(l.applied, floor)
-	l.knownCommit = l.applied
+	// Slots up to the floor are applied, even past the last record (they
+	// were no-ops), unless the log lost records that were stored when the
+	// floor was set: then they are learned again from peers (A4).
+	if !floor.known || l.last >= floor.index {
+		l.applied = max(l.applied, floor.slot)
+	} else {
+		l.n.log.Error("client log: records stored before the last acceptor checkpoint are missing; learning them again from peers",
+			"file", l.n.relPath(l.journal.dir), "last", l.last, "stored_through", floor.index, "slot", floor.slot)
+		lost = max(lost, floor.index)
+	}
 	l.applied = max(l.applied, l.installedSlot())
-	l.knownCommit = l.applied
+	l.knownCommit = max(l.applied, floor.slot)
+	if lost > l.last {
+		l.relearn = lost
+	}
 	start := l.first
 	if l.last >= l.window && l.last-l.window+1 > start {
 		start = l.last - l.window + 1
@@ -353,6 +387,11 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	if slot > l.knownCommit {
 		l.knownCommit = slot
 	}
+	if l.relearn != 0 && l.last >= l.relearn {
+		l.n.log.Error("client log: learned the dropped records again from peers", "file", l.n.relPath(l.journal.dir), "through", l.relearn)
+		l.n.metrics.repairs.WithLabelValues("log").Inc()
+		l.relearn = 0
+	}
 	l.n.metrics.lastIndex.Set(float64(l.last))
 	l.n.metrics.appliedSlot.Set(float64(l.applied))
 	l.n.metrics.commitSlot.Set(float64(l.knownCommit))
@@ -490,15 +529,15 @@ func (l *Learner) Range(from Index, limit int) ([]LogEntry, error) {
 }
 
 // durableApplied syncs the client log and returns a slot s such that every
-// slot <= s is chosen and stored on disk here.
-func (l *Learner) durableApplied() (Slot, error) {
+// slot <= s is chosen and stored on disk here, and the last index then.
+func (l *Learner) durableApplied() (Slot, Index, error) {
 	l.mu.Lock()
-	applied := l.applied
+	applied, last := l.applied, l.last
 	l.mu.Unlock()
 	if err := l.journal.Sync(); err != nil {
-		return 0, fmt.Errorf("learner: %w", err)
+		return 0, 0, fmt.Errorf("learner: %w", err)
 	}
-	return applied, nil
+	return applied, last, nil
 }
 
 // slotOf returns the slot of the entry at index i.

@@ -26,6 +26,7 @@ type metrics struct {
 	commitSlot      prometheus.Gauge
 	ballotRound     prometheus.Gauge
 	peerLatency     *prometheus.HistogramVec
+	repairs         *prometheus.CounterVec
 }
 
 func newMetrics(n *Node) *metrics {
@@ -105,6 +106,11 @@ func newMetrics(n *Node) *metrics {
 		Help:    "Duration of peer requests that got an answer, by peer and method.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"peer", "method"})
+	m.repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "paxoslog_repairs_total",
+		Help: "Damage to this node's files repaired from its peers, by journal (acceptor or log).",
+	}, []string{"journal"})
+	m.reg.MustRegister(m.repairs)
 	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,

@@ -447,7 +447,8 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), acc.Floor(), syncObserver("log"))
+	fi, known := acc.FloorIndex()
+	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), learnerFloor{acc.Floor(), fi, known}, syncObserver("log"))
 	if err != nil {
 		acc.close()
 		return nil, err
@@ -461,6 +462,15 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 	n.metrics.commitSlot.Set(float64(lrn.KnownCommit()))
 	n.metrics.ballotRound.Set(float64(acc.Promised().Round))
 	return n, nil
+}
+
+// relPath names a file under the data directory by its path there, for
+// messages ("log/00000000000000000001").
+func (n *Node) relPath(path string) string {
+	if rel, err := filepath.Rel(n.cfg.DataDir, path); err == nil {
+		return rel
+	}
+	return path
 }
 
 // quorumSize is the number of nodes that make a majority.
