@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -154,6 +155,8 @@ func (s *acceptorState) replay(r acceptorRecord) {
 type Acceptor struct {
 	journal *journal
 
+	damaged bool // its journal held damage at open: the state is incomplete (see openAcceptor)
+
 	mu         sync.Mutex // protects the fields below
 	state      *acceptorState
 	sinceCheck int       // records written since the last checkpoint
@@ -169,15 +172,41 @@ type Acceptor struct {
 // unlike a real storage error, does not stop the node.
 var errInjected = errors.New("injected fault")
 
-func openAcceptor(dir string, onSync func(time.Duration)) (*Acceptor, error) {
-	j, err := openJournal(dir, journalOptions{OnSync: onSync})
+// openAcceptor opens the acceptor's journal in dir and replays it. A
+// record that fails its check, at the tail (other than a torn one) or
+// before it, is a forgotten promise or acceptance: onDamage, if set, hears
+// of it before anything is dropped (so that the node can make its
+// decision to rebuild durable first), and the acceptor comes back with
+// damaged set and its state incomplete. Without onDamage, damage is an
+// error.
+func openAcceptor(dir string, onSync func(time.Duration), onDamage func(what string) error) (*Acceptor, error) {
+	damaged := false
+	onTail := func(d tailDamage) error {
+		if !d.Damaged {
+			return nil // a crash tore what was never synced, never acknowledged
+		}
+		if onDamage == nil {
+			return fmt.Errorf("acceptor: records %d.. of %s are damaged: %w", d.From, d.Segment, errJournalCorrupt)
+		}
+		damaged = true
+		return onDamage(fmt.Sprintf("records from %d at the end of %s", d.From, filepath.Base(d.Segment)))
+	}
+	j, err := openJournal(dir, journalOptions{OnSync: onSync, OnTailDamage: onTail})
 	if err != nil {
 		return nil, err
 	}
-	a := &Acceptor{journal: j, state: newAcceptorState()}
+	a := &Acceptor{journal: j, state: newAcceptorState(), damaged: damaged}
 	first, last := j.Bounds()
-	for i := first; i <= last && last > 0; i++ {
+	for i := first; i <= last && last > 0 && !a.damaged; i++ {
 		p, err := j.Read(i)
+		if errors.Is(err, errJournalCorrupt) && onDamage != nil {
+			if err := onDamage(fmt.Sprintf("record %d in %s", i, j.segmentOf(i))); err != nil {
+				j.Close()
+				return nil, err
+			}
+			a.damaged = true
+			break
+		}
 		if err != nil {
 			j.Close()
 			return nil, fmt.Errorf("acceptor: replay record %d: %w", i, err)
@@ -335,6 +364,46 @@ func (a *Acceptor) compact(floor Slot, index Index) error {
 	}
 	if err := a.journal.TruncateFront(seq); err != nil {
 		return fmt.Errorf("acceptor checkpoint: %w", err)
+	}
+	return nil
+}
+
+// install replaces the acceptor's state with promised, floor (whose last
+// client index is index) and the accepted values vals (slots above floor
+// only), in one synced checkpoint: a node that founds a cluster, with
+// empty state, or that rebuilt its state from its peers (recovery.go).
+func (a *Acceptor) install(promised Ballot, floor Slot, index Index, vals []SlotValue) error {
+	a.mu.Lock()
+	s := &acceptorState{promised: promised, floor: floor, floorIndex: index, indexKnown: true, accepted: make(map[Slot]SlotValue, len(vals))}
+	for _, sv := range vals {
+		if sv.Slot > floor {
+			s.accepted[sv.Slot] = sv
+		}
+	}
+	rec := s.compact(floor, index)
+	seq, err := a.journal.Append(rec.encode())
+	if err == nil {
+		a.state, a.sinceCheck, a.lastWrite = s, 0, time.Now()
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("acceptor install: %w", err)
+	}
+	if err := a.journal.SyncTo(seq); err != nil {
+		return fmt.Errorf("acceptor install: %w", err)
+	}
+	return nil
+}
+
+// forget drops the acceptor's state and its journal: the state cannot be
+// trusted (damaged, or a rebuild a crash cut short) and is rebuilt from
+// peers before the node votes (recovery.go).
+func (a *Acceptor) forget() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.state, a.sinceCheck, a.sealed = newAcceptorState(), 0, 0
+	if err := a.journal.Reset(0, nil); err != nil {
+		return fmt.Errorf("acceptor: forget: %w", err)
 	}
 	return nil
 }

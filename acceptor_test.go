@@ -421,7 +421,7 @@ func checkAcceptorStep(op acceptorOp, before Ballot, beforeFloor Slot, s *accept
 
 func openTestAcceptor(t *testing.T, dir string) *Acceptor {
 	t.Helper()
-	a, err := openAcceptor(dir, nil)
+	a, err := openAcceptor(dir, nil, nil)
 	if err != nil {
 		t.Fatalf("open acceptor: %v", err)
 	}

@@ -96,10 +96,11 @@ func (t memTransport) Call(ctx context.Context, to NodeID, method string, body [
 			return nil, ctx.Err()
 		}
 	}
+	cluster := src.ClusterID()
 	if dup {
-		go dst.Handle(context.Background(), method, body)
+		go dst.Handle(context.Background(), cluster, method, body)
 	}
-	out, err := dst.Handle(ctx, method, body)
+	out, err := dst.Handle(ctx, cluster, method, body)
 	m.mu.Lock()
 	lost := m.cut[[2]NodeID{to, t.from}] || m.nodes[t.from] == nil
 	m.mu.Unlock()
@@ -576,7 +577,7 @@ func (c *testCluster) startLoad(clients int) *load {
 					l.fails++
 				}
 				l.mu.Unlock()
-				if err != nil && !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrStopped) &&
+				if err != nil && !errors.Is(err, ErrNoQuorum) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrRecovering) &&
 					!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, errUnreachable) {
 					c.t.Errorf("append: %v", err)
 				}

@@ -197,7 +197,7 @@ func TestAcceptorReplaysJSONJournal(t *testing.T) {
 	}
 	j.Close()
 
-	a, err := openAcceptor(dir, nil)
+	a, err := openAcceptor(dir, nil, nil)
 	if err != nil {
 		t.Fatalf("open a journal with JSON records: %v", err)
 	}

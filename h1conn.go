@@ -174,6 +174,7 @@ type h1Request struct {
 	contentType string // "": no Content-Type
 	headerName  string // "": no extra header
 	headerValue string
+	cluster     string        // "": no clusterHeader
 	body        []byte        // sent with a Content-Length unless a GET without one
 	timeout     time.Duration // 0: until the context's deadline
 }
@@ -275,6 +276,10 @@ func (p *connPool) roundTrip(ctx context.Context, c *h1Conn, req *h1Request, dst
 		w.WriteString(req.headerName)
 		w.WriteString(": ")
 		w.WriteString(req.headerValue)
+	}
+	if req.cluster != "" {
+		w.WriteString("\r\n" + clusterHeader + ": ")
+		w.WriteString(req.cluster)
 	}
 	w.WriteString("\r\n\r\n")
 	w.Write(req.body)
@@ -550,7 +555,8 @@ func asciiEqualFold(b []byte, s string) bool {
 // take them.
 type peerPool struct {
 	*connPool
-	auth    string // Authorization header value; "": no key
+	auth    string        // Authorization header value; "": no key
+	cluster func() string // the identity to declare (clusterHeader)
 	streams *streamPool
 }
 
@@ -558,7 +564,10 @@ type peerPool struct {
 // calls beyond it dial and close their own.
 const maxIdlePeerConns = 64
 
-func newPeerPool(base, key string, tlsConf *tls.Config) (*peerPool, error) {
+func newPeerPool(base, key string, tlsConf *tls.Config, cluster func() string) (*peerPool, error) {
+	if cluster == nil {
+		cluster = func() string { return "" }
+	}
 	p, err := newConnPool(base, tlsConf, maxIdlePeerConns)
 	if err != nil {
 		return nil, err
@@ -567,7 +576,7 @@ func newPeerPool(base, key string, tlsConf *tls.Config) (*peerPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	pp := &peerPool{connPool: p, streams: &streamPool{connPool: s}}
+	pp := &peerPool{connPool: p, streams: &streamPool{connPool: s, cluster: cluster}, cluster: cluster}
 	if key != "" {
 		pp.auth = "Bearer " + key
 		pp.streams.auth = pp.auth
@@ -591,6 +600,7 @@ func (p *peerPool) call(ctx context.Context, method string, body []byte) (int, [
 	if p.auth != "" {
 		req.headerName, req.headerValue = peerKeyHeader, p.auth
 	}
+	req.cluster = p.cluster()
 	// dst nil: decoded messages may share the answer's bytes, so every
 	// answer gets its own slice.
 	resp, err := p.do(ctx, &req, nil, maxPeerBody, true)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -96,7 +97,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 		peerAuth = []echo.MiddlewareFunc{requirePeerCert, s.requireKey}
 	}
 	peers := e.Group("/paxos", peerAuth...)
-	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow} {
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello} {
 		peers.POST("/"+m, s.peer(m))
 	}
 	peers.GET("/stream", s.peerStream)
@@ -133,7 +134,7 @@ func errorStatus(err error) (int, string) {
 		return ae.code, err.Error()
 	case errors.As(err, &he):
 		return he.Code, fmt.Sprint(he.Message)
-	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped):
+	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped), errors.Is(err, ErrRecovering), errors.Is(err, ErrDiscovering):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, ErrCompacted):
 		return http.StatusGone, err.Error()
@@ -343,7 +344,7 @@ func (s *server) peer(method string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		out, then, err := s.n.handle(c.Request().Context(), method, body)
+		out, then, err := s.n.handle(c.Request().Context(), c.Request().Header.Get(clusterHeader), method, body)
 		if err != nil {
 			return err
 		}
@@ -370,6 +371,23 @@ type httpTransport struct {
 	pools  map[NodeID]*peerPool // no entry: through client
 	peers  map[NodeID]string    // base URL per member
 	key    string
+	// cluster is the identity this node declares on every request
+	// (clusterHeader); "" until known.
+	cluster atomic.Pointer[string]
+}
+
+// setCluster sets the identity the transport declares, and closes the
+// idle peer streams, which declared the old one as they opened.
+func (t *httpTransport) setCluster(c string) {
+	t.cluster.Store(&c)
+	t.closeIdle()
+}
+
+func (t *httpTransport) clusterID() string {
+	if c := t.cluster.Load(); c != nil {
+		return *c
+	}
+	return ""
 }
 
 // newHTTPTransport is the peer transport without TLS settings of its own:
@@ -398,7 +416,7 @@ func newPeerTransport(peers map[NodeID]string, key string, tlsConf *tls.Config) 
 				continue
 			}
 		}
-		if pool, err := newPeerPool(base, key, tlsConf); err == nil {
+		if pool, err := newPeerPool(base, key, tlsConf, t.clusterID); err == nil {
 			t.pools[id] = pool
 		}
 	}
@@ -426,6 +444,9 @@ func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body
 		req.Header.Set("Content-Type", peerContentType(body))
 		if t.key != "" {
 			req.Header.Set(peerKeyHeader, "Bearer "+t.key)
+		}
+		if c := t.clusterID(); c != "" {
+			req.Header.Set(clusterHeader, c)
 		}
 		resp, err := t.client.Do(req)
 		if err != nil {

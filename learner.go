@@ -337,6 +337,10 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	var keys []string // identity of each fresh entry
 	var seenKeys map[string]bool
 	for _, e := range v.Entries {
+		if e.isSystem() {
+			l.applySystem(slot, e)
+			continue
+		}
 		k := e.identity()
 		if _, dup := l.recent[k]; dup {
 			continue
@@ -398,6 +402,14 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	close(l.notify)
 	l.notify = make(chan struct{})
 	return nil
+}
+
+// applySystem applies a system entry of slot. The first genesis entry in
+// the log gives the cluster its identity; any later one is ignored.
+func (l *Learner) applySystem(slot Slot, e Entry) {
+	if c := genesisOf(e); c != "" && l.n.ClusterID() == "" {
+		l.n.adoptCluster(c, fmt.Sprintf("genesis entry in slot %d", slot))
+	}
 }
 
 // noteCommit records that every slot <= commit is chosen, as the leader of
@@ -698,6 +710,9 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		var resp CatchupResp
 		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Index: next, Max: catchupBatch}, &resp)
 		cancel()
+		if err == nil && resp.Cluster != "" {
+			l.n.adoptCluster(resp.Cluster, fmt.Sprintf("catch-up from node %d", peer))
+		}
 		if err == nil && resp.Compacted {
 			if err := l.installPrefix(resp.First, resp.FirstSlot); err != nil {
 				l.n.fatal(err)

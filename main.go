@@ -237,6 +237,8 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 	defer node.Close()
+	transport.setCluster(node.ClusterID())
+	node.onIdentity = func() { transport.setCluster(node.ClusterID()) }
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -27,6 +27,7 @@ type metrics struct {
 	ballotRound     prometheus.Gauge
 	peerLatency     *prometheus.HistogramVec
 	repairs         *prometheus.CounterVec
+	recovering      prometheus.Gauge
 }
 
 func newMetrics(n *Node) *metrics {
@@ -110,7 +111,11 @@ func newMetrics(n *Node) *metrics {
 		Name: "paxoslog_repairs_total",
 		Help: "Damage to this node's files repaired from its peers, by journal (acceptor or log).",
 	}, []string{"journal"})
-	m.reg.MustRegister(m.repairs)
+	m.recovering = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_recovering",
+		Help: "1 while this node rebuilds its acceptor state from its peers (it does not vote meanwhile), else 0.",
+	})
+	m.reg.MustRegister(m.repairs, m.recovering)
 	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,

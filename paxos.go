@@ -114,6 +114,51 @@ type Entry struct {
 	Data []byte  `json:"d"`
 }
 
+// System entries are entries of the log's own, not a client's: they take
+// a slot's place in its value, and no index. Their ids begin with four
+// 0xff bytes, which no client entry's can (its first four bytes are a
+// node id, below 2^31). The one kind so far is the genesis entry, whose
+// data {"genesis":"<id>"} names the cluster's identity (recovery.go).
+var systemIDPrefix = [4]byte{0xff, 0xff, 0xff, 0xff}
+
+// isSystem reports whether e is a system entry.
+func (e Entry) isSystem() bool { return [4]byte(e.ID[:4]) == systemIDPrefix }
+
+// genesisEntry is the system entry that gives the cluster the identity id.
+func genesisEntry(id string) Entry {
+	var e Entry
+	copy(e.ID[:], systemIDPrefix[:])
+	binary.BigEndian.PutUint64(e.ID[4:12], randomUint64())
+	e.Data = []byte(`{"genesis":"` + id + `"}`)
+	return e
+}
+
+// genesisOf returns the identity a genesis entry names ("" if e is none).
+func genesisOf(e Entry) string {
+	if !e.isSystem() {
+		return ""
+	}
+	var g struct {
+		Genesis string `json:"genesis"`
+	}
+	if json.Unmarshal(e.Data, &g) != nil {
+		return ""
+	}
+	return g.Genesis
+}
+
+// holdsGenesis reports whether any of the values holds a genesis entry.
+func holdsGenesis(vals map[Slot]SlotValue) bool {
+	for _, sv := range vals {
+		for _, e := range sv.Value.Entries {
+			if genesisOf(e) != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // identity is what deduplication compares: the Idempotency-Key if the
 // client gave one, else the entry id.
 func (e Entry) identity() string {
@@ -234,6 +279,10 @@ type CatchupReq struct {
 // peer no longer holds what the requester needs: it should continue from
 // the peer's first retained index First, whose slot is FirstSlot.
 type CatchupResp struct {
+	// Cluster is the responder's cluster identity: system entries are
+	// not in the client log it serves values from, so the genesis entry
+	// reaches a node that catches up past it this way.
+	Cluster   string      `json:"cluster,omitempty"`
 	Values    []SlotValue `json:"values,omitempty"`
 	Through   Slot        `json:"through"`
 	Compacted bool        `json:"compacted,omitempty"`
@@ -420,6 +469,18 @@ type Node struct {
 	fatalMu  sync.Mutex
 	fatalErr error
 	fatalCh  chan struct{} // closed on the first fatal error
+
+	// Identity and recovery (recovery.go).
+	started       time.Time    // when NewNode ran
+	phaseNow      atomic.Int32 // a phase: serving, discovering or recovering
+	idMu          sync.Mutex   // protects identity
+	identity      identity     // as IDENTITY holds it
+	foreignLogged atomic.Int64 // when a message from another cluster was last logged (Unix ns)
+	servingOnce   sync.Once
+	servingCh     chan struct{} // closed once the node serves
+	// onIdentity, if set, runs once the node learns the cluster's
+	// identity (the HTTP transport re-opens its peer streams).
+	onIdentity func()
 }
 
 // NewNode opens the node's state under cfg.DataDir. It does not start any
@@ -432,6 +493,7 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		transport: tr,
 		stopped:   make(chan struct{}),
 		fatalCh:   make(chan struct{}),
+		servingCh: make(chan struct{}),
 	}
 	n.metrics = newMetrics(n)
 	n.ids = newEntryIDs(cfg.ID)
@@ -443,7 +505,24 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 			}
 		}
 	}
-	acc, err := openAcceptor(filepath.Join(cfg.DataDir, "acceptor"), syncObserver("acceptor"))
+	n.started = time.Now()
+	// A damaged acceptor journal is a forgotten promise: say so in
+	// IDENTITY before the damaged records are dropped, so that a crash
+	// right after cannot bring the node back voting with them gone.
+	onDamage := func(what string) error {
+		n.log.Error("acceptor journal is damaged: this node forgot promises or acceptances and rebuilds them from its peers before it votes",
+			"file", "acceptor", "damage", what)
+		id, err := readIdentity(cfg.DataDir)
+		if err != nil {
+			id = identity{Node: cfg.ID}
+		}
+		if id.Node != cfg.ID {
+			return fmt.Errorf("--data %s belongs to node %d, not to node %d: check --id and --data", cfg.DataDir, id.Node, cfg.ID)
+		}
+		id.State, id.Nonce = "recovering", 0
+		return writeIdentity(cfg.DataDir, id)
+	}
+	acc, err := openAcceptor(filepath.Join(cfg.DataDir, "acceptor"), syncObserver("acceptor"), onDamage)
 	if err != nil {
 		return nil, err
 	}
@@ -454,6 +533,21 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		return nil, err
 	}
 	n.acceptor, n.learner = acc, lrn
+	accFirst, accLast := acc.journal.Bounds()
+	_, logLast := lrn.journal.Bounds()
+	ph, err := n.startPhase(acc.damaged, accFirst > accLast, logLast == 0)
+	if err == nil && ph == phaseRecovering {
+		err = acc.forget() // what it holds is incomplete or untrusted
+	}
+	if err != nil {
+		lrn.close()
+		acc.close()
+		return nil, err
+	}
+	n.setPhase(ph)
+	if ph == phaseRecovering {
+		n.metrics.recovering.Set(1)
+	}
 	n.proposer = newProposer(n)
 	first, last := lrn.Bounds()
 	n.metrics.firstIndex.Set(float64(first))
@@ -483,6 +577,14 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n)}
+	switch n.phase() {
+	case phaseDiscovering:
+		loops = append(loops, n.discover)
+	case phaseRecovering:
+		loops = append(loops, n.rebuild, n.checkPeers)
+	default:
+		loops = append(loops, n.checkPeers)
+	}
 	for _, f := range loops {
 		wg.Add(1)
 		go func() {
@@ -640,7 +742,7 @@ func (n *Node) callEncoded(ctx context.Context, to NodeID, method string, req an
 	}
 	var out []byte
 	if to == n.cfg.ID {
-		out, err = n.Handle(ctx, method, body)
+		out, err = n.Handle(ctx, n.ClusterID(), method, body)
 	} else {
 		start := time.Now()
 		out, err = n.transport.Call(ctx, to, method, body)
@@ -686,10 +788,10 @@ func (n *Node) callSelf(req, resp any) (bool, error) {
 	return true, err
 }
 
-// Handle serves one peer request; it is what the in-memory transport
-// calls.
-func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, error) {
-	out, then, err := n.handle(ctx, method, body)
+// Handle serves one peer request from a node of cluster (its identity,
+// "" if it does not know it); it is what the in-memory transport calls.
+func (n *Node) Handle(ctx context.Context, cluster, method string, body []byte) ([]byte, error) {
+	out, then, err := n.handle(ctx, cluster, method, body)
 	if then != nil {
 		then()
 	}
@@ -698,15 +800,26 @@ func (n *Node) Handle(ctx context.Context, method string, body []byte) ([]byte, 
 
 // handle serves one peer request and returns, besides the reply, work to
 // do once the reply is on its way (nil: none). The /paxos/<method>
-// endpoints send the reply first.
-func (n *Node) handle(ctx context.Context, method string, body []byte) (out []byte, then func(), err error) {
+// endpoints send the reply first. A message that names another cluster is
+// refused, unless it asks who this node is (hello).
+func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) (out []byte, then func(), err error) {
 	select {
 	case <-n.stopped:
 		return nil, nil, ErrStopped
 	default:
 	}
+	if method != methodHello {
+		if err := n.checkCluster(cluster, method); err != nil {
+			return nil, nil, err
+		}
+	}
 	var resp any
 	switch method {
+	case methodHello:
+		var req HelloReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.onHello(req)
+		}
 	case methodPrepare:
 		var req PrepareReq
 		if err = json.Unmarshal(body, &req); err == nil {
@@ -725,7 +838,10 @@ func (n *Node) handle(ctx context.Context, method string, body []byte) (out []by
 	case methodCatchup:
 		var req CatchupReq
 		if err = json.Unmarshal(body, &req); err == nil {
-			resp, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
+			var r CatchupResp
+			r, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
+			r.Cluster = n.ClusterID()
+			resp = r
 		}
 	case methodForward:
 		var req ForwardReq
@@ -752,7 +868,12 @@ func (n *Node) handle(ctx context.Context, method string, body []byte) (out []by
 	return out, then, err
 }
 
+// onPrepare handles phase 1a. A node that does not serve (it is blank,
+// or rebuilding a memory it lost) promises nothing (recovery.go).
 func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
+	if err := n.notServingErr(); err != nil {
+		return Promise{}, err
+	}
 	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
 	if err != nil {
 		n.storageFailed(err)
@@ -772,6 +893,9 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 // applying chosen slots to the client log is not on the leader's path to
 // a majority.
 func (n *Node) onAccept(req AcceptReq) (Accepted, func(), error) {
+	if err := n.notServingErr(); err != nil {
+		return Accepted{}, nil, err // it accepts nothing until it serves (recovery.go)
+	}
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
 	if err != nil {
 		n.storageFailed(err)
@@ -799,11 +923,20 @@ func (n *Node) acceptOwn(req AcceptReq) (a Accepted, seq uint64, err error) {
 	return a, seq, nil
 }
 
+// onLearn takes a leader's commit (and heartbeat). OK confirms the
+// leader's ballot for a read; a node that does not serve confirms nothing,
+// since it does not know what it promised (recovery.go), but learns.
 func (n *Node) onLearn(req LearnReq) LearnResp {
 	promised := n.acceptor.Promised()
 	ok := !req.Ballot.Less(promised)
 	if ok {
 		n.proposer.heardFrom(req.Ballot)
+	}
+	switch n.phase() {
+	case phaseDiscovering:
+		return LearnResp{Applied: n.learner.Applied()} // learns nothing before it knows it is a member
+	case phaseRecovering:
+		ok = false
 	}
 	// Chosen is chosen whatever the ballot: always take the commit.
 	n.learner.noteCommit(req.Ballot, req.Commit, req.From)
@@ -815,6 +948,9 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 // in the log under that key (within the dedup window) is not appended
 // again: its index comes back with Duplicate set.
 func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, error) {
+	if err := n.waitServing(ctx); err != nil {
+		return Applied{}, err
+	}
 	start := time.Now()
 	e := Entry{ID: n.ids.next(), Key: key, Data: data}
 	ch := n.learner.await(e)
@@ -858,6 +994,9 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 // readBarrier is ReadBarrier, also telling which slot the read waited for
 // and which leader named it (tests record them).
 func (n *Node) readBarrier(ctx context.Context) (Slot, NodeID, error) {
+	if err := n.waitServing(ctx); err != nil {
+		return 0, 0, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	defer cancel()
 	defer func(start time.Time) { n.metrics.readLatency.Observe(time.Since(start).Seconds()) }(time.Now())
@@ -922,17 +1061,20 @@ func (n *Node) Shutdown(ctx context.Context) {
 
 // Status is a snapshot for /v1/status.
 type Status struct {
-	ID        NodeID       `json:"id"`
-	Leader    NodeID       `json:"leader"`
-	Ballot    string       `json:"ballot"`
-	IsLeader  bool         `json:"is_leader"`
-	First     Index        `json:"first"`
-	Last      Index        `json:"last"`
-	Applied   Slot         `json:"applied_slot"`
-	Commit    Slot         `json:"known_commit_slot"`
-	Members   []NodeID     `json:"members"`
-	Peers     []PeerStatus `json:"peers"`
-	DiskBytes int64        `json:"disk_bytes"`
+	ID         NodeID       `json:"id"`
+	Cluster    string       `json:"cluster"` // the cluster's identity; "" until known
+	State      string       `json:"state"`   // serving, discovering or recovering
+	Recovering bool         `json:"recovering"`
+	Leader     NodeID       `json:"leader"`
+	Ballot     string       `json:"ballot"`
+	IsLeader   bool         `json:"is_leader"`
+	First      Index        `json:"first"`
+	Last       Index        `json:"last"`
+	Applied    Slot         `json:"applied_slot"`
+	Commit     Slot         `json:"known_commit_slot"`
+	Members    []NodeID     `json:"members"`
+	Peers      []PeerStatus `json:"peers"`
+	DiskBytes  int64        `json:"disk_bytes"`
 }
 
 // Status reports what this node knows now.
@@ -941,8 +1083,9 @@ func (n *Node) Status() Status {
 	first, last := n.learner.Bounds()
 	members := append([]NodeID(nil), n.cfg.Members...)
 	sort.Slice(members, func(i, j int) bool { return members[i] < members[j] })
+	ph := n.phase()
 	return Status{
-		ID: n.cfg.ID, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
+		ID: n.cfg.ID, Cluster: n.ClusterID(), State: ph.String(), Recovering: ph == phaseRecovering, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
 		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
 		Members: members, Peers: n.proposer.peers(), DiskBytes: dirSize(n.cfg.DataDir),
 	}

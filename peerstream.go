@@ -172,15 +172,17 @@ func (s *server) peerStream(c echo.Context) error {
 	if err := rw.Flush(); err != nil {
 		return nil
 	}
-	s.servePeerStream(r.Context(), conn, rw.Reader, rw.Writer)
+	s.servePeerStream(r.Context(), r.Header.Get(clusterHeader), conn, rw.Reader, rw.Writer)
 	return nil
 }
 
 // servePeerStream answers request frames read from r on w until the
-// stream ends. The connection's deadline, for reading the next request
-// and writing its answer, is pushed back at most every half of
-// peerStreamIdle, not on every message (each push is a timer update).
-func (s *server) servePeerStream(ctx context.Context, conn net.Conn, r *bufio.Reader, w *bufio.Writer) {
+// stream ends. Every message on it is from a node of cluster (declared as
+// the stream opened) and checked as such. The connection's deadline, for
+// reading the next request and writing its answer, is pushed back at most
+// every half of peerStreamIdle, not on every message (each push is a
+// timer update).
+func (s *server) servePeerStream(ctx context.Context, cluster string, conn net.Conn, r *bufio.Reader, w *bufio.Writer) {
 	var deadline time.Time
 	for {
 		if now := time.Now(); deadline.Sub(now) < peerStreamIdle/2 {
@@ -194,7 +196,7 @@ func (s *server) servePeerStream(ctx context.Context, conn net.Conn, r *bufio.Re
 			}
 			return
 		}
-		out, then, err := s.n.handle(ctx, method, body)
+		out, then, err := s.n.handle(ctx, cluster, method, body)
 		status := http.StatusOK
 		if err != nil {
 			var msg string
@@ -229,8 +231,9 @@ func headerHasToken(values []string, token string) bool {
 // streamPool holds a peer's upgraded connections.
 type streamPool struct {
 	*connPool
-	auth     string       // Authorization header value; "": no key
-	offUntil atomic.Int64 // Unix nanoseconds: till then the peer gets plain requests
+	auth     string        // Authorization header value; "": no key
+	cluster  func() string // the identity to declare as a stream opens
+	offUntil atomic.Int64  // Unix nanoseconds: till then the peer gets plain requests
 }
 
 // streamRetry is how long a peer that refused the upgrade gets plain
@@ -271,6 +274,9 @@ func (p *streamPool) upgrade(ctx context.Context, c *h1Conn) error {
 	w.WriteString("\r\nConnection: Upgrade\r\nUpgrade: " + peerStreamProto + "\r\n")
 	if p.auth != "" {
 		w.WriteString(peerKeyHeader + ": " + p.auth + "\r\n")
+	}
+	if c := p.cluster(); c != "" {
+		w.WriteString(clusterHeader + ": " + c + "\r\n")
 	}
 	w.WriteString("\r\n")
 	if err := w.Flush(); err != nil {

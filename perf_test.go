@@ -31,7 +31,7 @@ func batchValue(slot Slot, n, size int) Value {
 // BenchmarkAcceptorBatchAccept: one accept of a 64-entry batch, journaled
 // and fsynced, per op.
 func BenchmarkAcceptorBatchAccept(b *testing.B) {
-	a, err := openAcceptor(b.TempDir(), nil)
+	a, err := openAcceptor(b.TempDir(), nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -184,7 +184,7 @@ func (p *Proposer) tick(ctx context.Context) {
 	}
 	ls := p.ls
 	if ls == nil {
-		due := now.After(p.electionDeadline)
+		due := now.After(p.electionDeadline) && p.n.serving() // a node that does not serve does not vote, so does not campaign
 		p.mu.Unlock()
 		if due {
 			p.campaign(ctx)
@@ -593,6 +593,51 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 	}
 }
 
+// nextBallot returns a ballot of this node's above every round it has
+// seen (a rebuild's fence, recovery.go).
+func (p *Proposer) nextBallot() Ballot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.maxRound++
+	return Ballot{Round: p.maxRound, Node: p.n.cfg.ID}
+}
+
+// proposeGenesis, on a new leader of a cluster without an identity,
+// proposes the genesis entry that gives it one (recovery.go), once every
+// member answers hello: a member that does not know the message would
+// take a system entry for a client's. It gives up when leadership ends
+// or the identity is known.
+func (p *Proposer) proposeGenesis(ctx context.Context, ls *leaderState) {
+	for p.n.ClusterID() == "" {
+		answers := p.n.helloAll(ctx, 0, p.n.cfg.ElectionTimeout)
+		for id, a := range answers {
+			p.n.adoptCluster(a.Cluster, fmt.Sprintf("node %d", id))
+		}
+		if p.n.ClusterID() != "" {
+			return
+		}
+		if len(answers) == len(p.n.others()) {
+			p.mu.Lock()
+			if p.ls != ls {
+				p.mu.Unlock()
+				return
+			}
+			ls.enqueue([]Entry{genesisEntry(newClusterID())})
+			vals, commit := p.proposeQueuedLocked(ls)
+			p.mu.Unlock()
+			p.sendAccept(ls, vals, commit)
+			return // chosen with the next batch; a new leader proposes again if it is lost
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ls.done:
+			return
+		case <-time.After(p.n.cfg.ElectionTimeout):
+		}
+	}
+}
+
 // observe raises the round this proposer will outbid next time.
 func (p *Proposer) observe(b Ballot) {
 	p.mu.Lock()
@@ -751,6 +796,9 @@ func (p *Proposer) campaign(ctx context.Context) {
 	}
 	if len(vals) > 0 {
 		go p.sendAccept(ls, vals, ls.commit)
+	}
+	if p.n.ClusterID() == "" && !holdsGenesis(best) {
+		go p.proposeGenesis(ctx, ls)
 	}
 	for _, id := range p.n.cfg.Members {
 		if id != p.n.cfg.ID {
