@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -274,6 +276,9 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 					res, err := n.Append(actx, []byte(in.data), in.key)
 					ret := time.Now()
 					acancel()
+					if errors.Is(err, ErrRecovering) || errors.Is(err, ErrDiscovering) {
+						continue // refused before it was submitted: no effect to record
+					}
 					out := simOutput{index: int(res.Index), dup: res.Duplicate, unknown: err != nil}
 					hist.add(w, in, out, call, ret)
 					if err == nil {
@@ -331,10 +336,18 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 		cons[id] = c.follow(ctx, id)
 	}
 
-	// The fault schedule.
+	// The fault schedule. lost holds the nodes whose acceptor state a
+	// wipe or damage took, until they serve again: at most f at once,
+	// the contract's bound (a majority of disks lost is not survivable).
+	lost := map[NodeID]bool{}
 	for step := 0; step < steps; step++ {
 		down := len(c.members) - len(c.live())
-		switch k := rng.Intn(9); k {
+		for id := range lost {
+			if n := c.node(id); n != nil && n.serving() {
+				delete(lost, id)
+			}
+		}
+		switch k := rng.Intn(11); k {
 		case 0, 1:
 			if down < f {
 				id := c.members[rng.Intn(size)]
@@ -392,6 +405,32 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			if n := pick(rng); n != nil {
 				go n.proposer.campaign(ctx)
 			}
+		case 9:
+			// A lost disk: both journals and IDENTITY gone; it comes back
+			// at once (even while another node is down) and must rebuild.
+			id := c.members[rng.Intn(size)]
+			if lost[id] || len(lost) < f {
+				stats.faults["wipe"]++
+				lost[id] = true
+				c.wipe(id)
+				c.start(id)
+			}
+		case 10:
+			// A flipped byte in a synced record of either journal.
+			id := c.members[rng.Intn(size)]
+			journal := []string{"acceptor", "log"}[rng.Intn(2)]
+			if journal == "acceptor" && !lost[id] && len(lost) >= f {
+				break
+			}
+			c.crash(id)
+			if what := damageSyncedRecord(t, filepath.Join(c.dirs[id], journal), journal == "log", rng); what != "" {
+				stats.faults["damage-"+journal]++
+				t.Logf("step %d: damaged %s of node %d's %s journal", step, what, id, journal)
+				if journal == "acceptor" {
+					lost[id] = true
+				}
+			}
+			c.start(id)
 		}
 		time.Sleep(time.Duration(50+rng.Intn(200)) * time.Millisecond) // the step plays out under load
 	}
