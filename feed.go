@@ -52,11 +52,16 @@ func (l *Learner) follow(ctx context.Context, from Index, idleEvery time.Duratio
 		if next < first {
 			return ErrCompacted
 		}
+		damaged := false
 		if next <= last {
 			n := min(uint64(last-next+1), feedBatch)
 			batch := make([]LogEntry, 0, n)
 			for i := next; i < next+Index(n); i++ {
 				e, err := l.Get(i)
+				if errors.Is(err, ErrDamaged) {
+					damaged = true // repaired from peers, then read again (repair.go)
+					break
+				}
 				if err != nil {
 					select {
 					case <-l.n.stopped:
@@ -67,14 +72,18 @@ func (l *Learner) follow(ctx context.Context, from Index, idleEvery time.Duratio
 				}
 				batch = append(batch, e)
 			}
-			if err := emit(batch); err != nil {
-				return err
+			if len(batch) > 0 {
+				if err := emit(batch); err != nil {
+					return err
+				}
+				next += Index(len(batch))
+				if t != nil {
+					t.Reset(idleEvery)
+				}
 			}
-			next += Index(n)
-			if t != nil {
-				t.Reset(idleEvery)
+			if !damaged {
+				continue
 			}
-			continue
 		}
 		select {
 		case <-wake:

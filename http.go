@@ -97,7 +97,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 		peerAuth = []echo.MiddlewareFunc{requirePeerCert, s.requireKey}
 	}
 	peers := e.Group("/paxos", peerAuth...)
-	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello} {
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello, methodRecords} {
 		peers.POST("/"+m, s.peer(m))
 	}
 	peers.GET("/stream", s.peerStream)
@@ -134,7 +134,8 @@ func errorStatus(err error) (int, string) {
 		return ae.code, err.Error()
 	case errors.As(err, &he):
 		return he.Code, fmt.Sprint(he.Message)
-	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped), errors.Is(err, ErrRecovering), errors.Is(err, ErrDiscovering):
+	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped), errors.Is(err, ErrRecovering), errors.Is(err, ErrDiscovering),
+		errors.Is(err, ErrDamaged):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, ErrCompacted):
 		return http.StatusGone, err.Error()

@@ -140,6 +140,13 @@ type Learner struct {
 	kick chan struct{} // wakes the catch-up loop
 
 	relearn Index // damage dropped records through this index; learning them again (0: none)
+	// gaps are damaged indices in the dedup window whose identities it
+	// lacks: nothing is applied until they are repaired (repair.go).
+	gaps map[Index]struct{}
+
+	dmgMu      sync.Mutex         // protects damaged
+	damaged    map[Index]struct{} // indices that failed their check, not yet repaired
+	repairKick chan struct{}      // wakes the repair loop
 }
 
 // learnerFloor is what the acceptor's last checkpoint says of the client
@@ -180,6 +187,10 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 		waiters: make(map[string][]waiter),
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
+		gaps:    make(map[Index]struct{}),
+		damaged: make(map[Index]struct{}),
+
+		repairKick: make(chan struct{}, 1),
 	}
 	if err := l.load(floor, lost); err != nil {
 		j.Close()
@@ -235,6 +246,10 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 	}
 	for i := start; i <= l.last && l.last > 0; i++ {
 		rec, err := l.record(i)
+		if errors.Is(err, errJournalCorrupt) {
+			l.gaps[i] = struct{}{} // noted damaged by record; repaired before anything is applied
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -245,9 +260,14 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 
 func (l *Learner) close() error { return l.journal.Close() }
 
+// record reads and decodes the record at index i. A record that fails
+// its check is noted for repair (repair.go).
 func (l *Learner) record(i Index) (learnerRecord, error) {
 	p, err := l.journal.Read(uint64(i))
 	if err != nil {
+		if errors.Is(err, errJournalCorrupt) {
+			l.noteDamaged(i)
+		}
 		return learnerRecord{}, fmt.Errorf("read index %d: %w", i, err)
 	}
 	r, err := decodeLearnerRecord(p)
@@ -305,6 +325,9 @@ func (l *Learner) chosen(vals ...SlotValue) {
 // for those slots, hence the chosen ones). Only b's own commit counts: a
 // higher commit heard from another leader says nothing about b's values.
 func (l *Learner) drainLocked(b Ballot, commit Slot) {
+	if len(l.gaps) > 0 {
+		return // the dedup window lacks identities: repair first (repair.go)
+	}
 	for {
 		next := l.applied + 1
 		v, ok := l.pending[next]
@@ -517,6 +540,9 @@ func (l *Learner) Get(i Index) (LogEntry, error) {
 			return LogEntry{}, ErrCompacted // retention moved first meanwhile
 		}
 	}
+	if errors.Is(err, errJournalCorrupt) {
+		return LogEntry{}, fmt.Errorf("index %d: %w", i, ErrDamaged)
+	}
 	if err != nil {
 		return LogEntry{}, err
 	}
@@ -672,7 +698,9 @@ func (l *Learner) run(ctx context.Context) {
 			}
 			continue
 		case <-retention.C:
-			if err := l.retain(); err != nil {
+			if err := l.retain(); errors.Is(err, errJournalCorrupt) {
+				continue // noted for repair; retention runs again later
+			} else if err != nil {
 				l.n.fatal(err)
 				return
 			}
@@ -696,9 +724,13 @@ func (l *Learner) catchUp(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		from, target, peer, next := l.applied+1, l.knownCommit, l.commitFrom, l.last+1
+		gaps := len(l.gaps)
 		l.mu.Unlock()
 		if from > target {
 			return nil
+		}
+		if gaps > 0 {
+			return errNoProgress // nothing is applied until the dedup window is repaired
 		}
 		if peer == 0 || peer == l.n.cfg.ID {
 			peer = l.n.proposer.anyPeer()

@@ -405,6 +405,9 @@ type Config struct {
 	SegmentBytes int
 
 	SlowSync time.Duration // an fsync slower than this is logged as a warning (default 100ms)
+	// ScrubInterval is the pause between scrubs, which read every closed
+	// segment file of both journals for damage (default 10m; repair.go).
+	ScrubInterval time.Duration
 
 	Logger *slog.Logger
 	// Seed seeds the node's election jitter; 0 picks one at random.
@@ -435,6 +438,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 5 * time.Second
+	}
+	if c.ScrubInterval <= 0 {
+		c.ScrubInterval = 10 * time.Minute
 	}
 	if c.CheckpointEvery <= 0 {
 		c.CheckpointEvery = 4096
@@ -576,7 +582,7 @@ func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n)}
+	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n), n.learner.repairLoop}
 	switch n.phase() {
 	case phaseDiscovering:
 		loops = append(loops, n.discover)
@@ -842,6 +848,11 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			r, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
 			r.Cluster = n.ClusterID()
 			resp = r
+		}
+	case methodRecords:
+		var req RecordsReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp, err = n.learner.readRecords(req)
 		}
 	case methodForward:
 		var req ForwardReq

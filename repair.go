@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"sort"
+	"time"
+)
+
+// repair.go: damage to the client log, found and repaired from peers.
+//
+// Every read of a client log record checks it (wal.go): a record that
+// fails its check is never served, proposed or handed to a peer. The
+// learner notes its index as damaged and the repair loop fetches the
+// record from a peer that holds it (the entry at an index is the same on
+// every node, invariant L2; only the time it was applied differs, which
+// retention by age may see), rewrites the segment file that holds it
+// (journal.RewriteRecords), logs an ERROR naming the file and the range,
+// and counts it in paxoslog_repairs_total{journal="log"}.
+//
+// Damage is found where records are read: serving reads and feeds,
+// catch-up for peers, retention, the dedup window read at start, and a
+// scrub that reads every closed segment file on a schedule. Damage at the
+// end of the tail segment is found as the journal opens; those records
+// are dropped and learned again by slot, like a torn tail (Learner.load).
+// A damaged record in the dedup window at start leaves the window without
+// its identity: until it is repaired the learner applies nothing new, so
+// that every node still gives each entry the same index (L2).
+//
+// Only when every other member has answered and none holds a damaged
+// record any more (each compacted past it) does the node stop, with one
+// line that says so.
+
+// ErrDamaged: the entry at an index is damaged on this node's disk and is
+// being repaired from its peers.
+var ErrDamaged = errors.New("entry is damaged on this node's disk and is being repaired from its peers")
+
+// methodRecords fetches client log records by index (repair).
+const methodRecords = "records"
+
+// maxRepairRecords bounds the records one repair request asks for.
+const maxRepairRecords = 1024
+
+// RecordsReq asks for the client log records at indices First..Last.
+type RecordsReq struct {
+	From  NodeID `json:"from"`
+	First Index  `json:"first"`
+	Last  Index  `json:"last"`
+}
+
+// RecordsResp carries the records asked for that the peer holds, as
+// their payloads (learnerRecord encoding), from index First of the
+// request on; FirstHeld and LastHeld are the peer's own bounds.
+type RecordsResp struct {
+	Records   [][]byte `json:"records"`
+	FirstHeld Index    `json:"first_held"`
+	LastHeld  Index    `json:"last_held"`
+}
+
+// readRecords serves methodRecords: the records of req.First..req.Last
+// this node holds, checked, or none if it does not hold req.First.
+func (l *Learner) readRecords(req RecordsReq) (RecordsResp, error) {
+	first, last := l.Bounds()
+	resp := RecordsResp{FirstHeld: first, LastHeld: last}
+	if req.First < first || req.First > last || req.Last < req.First {
+		return resp, nil
+	}
+	to := min(req.Last, last, req.First+maxRepairRecords-1)
+	for i := req.First; i <= to; i++ {
+		p, err := l.journal.Read(uint64(i))
+		if err != nil {
+			if errors.Is(err, errJournalCorrupt) {
+				l.noteDamaged(i)
+			}
+			return RecordsResp{}, fmt.Errorf("records: index %d: %w", i, err)
+		}
+		resp.Records = append(resp.Records, p)
+	}
+	return resp, nil
+}
+
+// noteDamaged records that index i failed its check here, and wakes the
+// repair loop. Safe to call with or without l.mu held.
+func (l *Learner) noteDamaged(i Index) {
+	l.dmgMu.Lock()
+	_, known := l.damaged[i]
+	if !known {
+		l.damaged[i] = struct{}{}
+	}
+	l.dmgMu.Unlock()
+	if !known {
+		l.n.log.Error("client log record fails its check; repairing it from peers", "file", l.journal.segmentOf(uint64(i)), "index", i)
+	}
+	select {
+	case l.repairKick <- struct{}{}:
+	default:
+	}
+}
+
+// isDamaged reports whether index i is known damaged and not repaired.
+func (l *Learner) isDamaged(i Index) bool {
+	l.dmgMu.Lock()
+	defer l.dmgMu.Unlock()
+	_, ok := l.damaged[i]
+	return ok
+}
+
+// damagedRuns returns the damaged indices still retained, as runs of
+// consecutive indices of at most maxRepairRecords, and forgets those that
+// retention dropped meanwhile.
+func (l *Learner) damagedRuns() [][2]Index {
+	first, _ := l.Bounds()
+	l.dmgMu.Lock()
+	var idx []Index
+	for i := range l.damaged {
+		if i < first {
+			delete(l.damaged, i)
+			continue
+		}
+		idx = append(idx, i)
+	}
+	l.dmgMu.Unlock()
+	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	var runs [][2]Index
+	for _, i := range idx {
+		if k := len(runs); k > 0 && runs[k-1][1]+1 == i && i-runs[k-1][0] < maxRepairRecords {
+			runs[k-1][1] = i
+			continue
+		}
+		runs = append(runs, [2]Index{i, i})
+	}
+	return runs
+}
+
+// errNoPeerHolds: every other member answered, and none holds a record
+// that is damaged here.
+var errNoPeerHolds = errors.New("no peer holds the damaged records any more")
+
+// repairLoop repairs damaged records, and runs the scrub.
+func (l *Learner) repairLoop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	scrub := time.NewTimer(l.n.cfg.ScrubInterval)
+	defer scrub.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.repairKick:
+		case <-retry.C:
+		case <-scrub.C:
+			l.scrub(ctx)
+			scrub.Reset(l.n.cfg.ScrubInterval)
+		}
+		for _, run := range l.damagedRuns() {
+			err := l.repair(ctx, run[0], run[1])
+			if errors.Is(err, errNoPeerHolds) {
+				l.n.fatal(fmt.Errorf("client log records %d..%d in %s are damaged and no other member holds them any more: restore this node's data from a backup or replace the node",
+					run[0], run[1], l.journal.segmentOf(uint64(run[0]))))
+				return
+			}
+			if err != nil && ctx.Err() == nil {
+				l.n.log.Debug("repair failed; trying again", "from", run[0], "through", run[1], "err", err)
+				retry.Reset(l.n.cfg.ElectionTimeout)
+			}
+		}
+	}
+}
+
+// repair fetches the records of first..last from a peer that holds them
+// and rewrites them here.
+func (l *Learner) repair(ctx context.Context, first, last Index) error {
+	others := l.n.others()
+	if len(others) == 0 {
+		return errNoPeerHolds
+	}
+	rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	if leader, _, _ := l.n.proposer.leaderInfo(); leader != 0 && leader != l.n.cfg.ID {
+		for i, id := range others {
+			if id == leader {
+				others[0], others[i] = others[i], others[0]
+			}
+		}
+	}
+	answered, compacted := 0, 0
+	var lastErr error
+	for _, peer := range others {
+		cctx, cancel := context.WithTimeout(ctx, l.n.cfg.RequestTimeout)
+		var resp RecordsResp
+		err := l.n.call(cctx, peer, methodRecords, RecordsReq{From: l.n.cfg.ID, First: first, Last: last}, &resp)
+		cancel()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		answered++
+		if resp.FirstHeld > first {
+			compacted++
+			continue
+		}
+		if Index(len(resp.Records)) != last-first+1 {
+			lastErr = fmt.Errorf("node %d holds %d of the %d records", peer, len(resp.Records), last-first+1)
+			continue
+		}
+		fix := make(map[uint64][]byte, len(resp.Records))
+		for k, p := range resp.Records {
+			if _, err := decodeLearnerRecord(p); err != nil {
+				return fmt.Errorf("record %d from node %d: %w", first+Index(k), peer, err)
+			}
+			fix[uint64(first)+uint64(k)] = p
+		}
+		files, err := l.journal.RewriteRecords(fix)
+		if err != nil {
+			if errors.Is(err, errTailSegment) || errors.Is(err, errJournalCorrupt) {
+				return err // tried again later (more damage in the segment is noted as it is read)
+			}
+			l.n.fatal(fmt.Errorf("learner: repair: %w", err))
+			return err
+		}
+		l.repaired(first, last, fix)
+		l.n.log.Error("repaired damaged client log records from a peer", "file", fmt.Sprint(files), "from", first, "through", last, "peer", peer)
+		l.n.metrics.repairs.WithLabelValues("log").Inc()
+		return nil
+	}
+	if answered == len(others) && compacted == len(others) {
+		return errNoPeerHolds
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("no peer holds records %d..%d yet", first, last)
+	}
+	return lastErr
+}
+
+// repaired forgets first..last as damaged and, for those whose identity
+// the dedup window lacked, remembers it and lets the learner go on.
+func (l *Learner) repaired(first, last Index, fix map[uint64][]byte) {
+	l.dmgMu.Lock()
+	for i := first; i <= last; i++ {
+		delete(l.damaged, i)
+	}
+	l.dmgMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := first; i <= last; i++ {
+		if _, gap := l.gaps[i]; !gap {
+			continue
+		}
+		if rec, err := decodeLearnerRecord(fix[uint64(i)]); err == nil {
+			l.remember(i, rec.ID, Entry{ID: rec.ID, Key: rec.Key}.identity())
+		}
+		delete(l.gaps, i)
+	}
+	close(l.notify) // readers and feeds waiting on a damaged entry look again
+	l.notify = make(chan struct{})
+	l.drainLocked(Ballot{}, 0)
+}
+
+// scrub reads every record of the closed segment files of both journals
+// and notes the damaged ones. A damaged acceptor record on disk is
+// superseded at once by a checkpoint that restates the acceptor's state
+// from memory, which is whole while the node runs.
+func (l *Learner) scrub(ctx context.Context) {
+	for _, s := range l.journal.closedSegments() {
+		bad, err := l.journal.ScanClosed(s)
+		if err != nil {
+			continue // truncated away meanwhile
+		}
+		for _, n := range bad {
+			l.noteDamaged(Index(n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond): // pacing: a scrub yields to the work of the node
+		}
+	}
+	acc := l.n.acceptor
+	for _, s := range acc.journal.closedSegments() {
+		bad, err := acc.journal.ScanClosed(s)
+		if err != nil || len(bad) == 0 {
+			continue
+		}
+		l.n.log.Error("acceptor journal record fails its check; writing a checkpoint that supersedes it", "file", acc.journal.segmentOf(bad[0]), "records", fmt.Sprint(bad))
+		stored, index, err := l.durableApplied()
+		if err == nil {
+			err = acc.compact(stored, index)
+		}
+		if err != nil {
+			l.n.fatal(err)
+			return
+		}
+		l.n.metrics.repairs.WithLabelValues("acceptor").Inc()
+		return
+	}
+}
