@@ -210,6 +210,7 @@ func testConfig() Config {
 		HeartbeatInterval: 10 * time.Millisecond,
 		ElectionTimeout:   80 * time.Millisecond,
 		RequestTimeout:    3 * time.Second,
+		CheckInterval:     100 * time.Millisecond,
 	}
 }
 
@@ -500,6 +501,13 @@ func (c *testCluster) check() {
 			}
 			ref[i], refFrom[i] = d, id
 			maxLast = max(maxLast, i)
+		}
+	}
+	for _, id := range live {
+		if n := c.node(id); n != nil {
+			if a := n.check.alarm(); a != nil {
+				c.t.Fatalf("node %d raised a replica alarm over logs that agree: %+v", id, *a)
+			}
 		}
 	}
 	seen := map[string]Index{}

@@ -97,7 +97,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 		peerAuth = []echo.MiddlewareFunc{requirePeerCert, s.requireKey}
 	}
 	peers := e.Group("/paxos", peerAuth...)
-	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello, methodRecords} {
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello, methodRecords, methodSums} {
 		peers.POST("/"+m, s.peer(m))
 	}
 	peers.GET("/stream", s.peerStream)

@@ -48,29 +48,36 @@ const catchupBatch = 1024
 
 // learnerRecord is one journal record of the client log, stored as
 //
-//	uvarint(slot) uvarint(pos) uvarint(n) uvarint(unix nanos) id[16] uvarint(len(key)) key data...
+//	0x00 uvarint(slot) uvarint(pos) uvarint(n) uvarint(unix nanos) sum (8 bytes, little endian) id[16] uvarint(len(key)) key data...
 //
-// where pos is the entry's place among the n entries its slot added and
-// the time is when this node applied it (for retention by age).
+// where pos is the entry's place among the n entries its slot added, the
+// time is when this node applied it (for retention by age), and sum is
+// this node's running sum of entry hashes through this index (check.go).
+// Records of older builds lack the leading 0 and the sum (a uvarint slot
+// never begins with 0: slots start at 1).
 type learnerRecord struct {
-	Slot Slot
-	Pos  int
-	N    int
-	Time int64
-	ID   EntryID
-	Key  string
-	Data []byte
+	Slot   Slot
+	Pos    int
+	N      int
+	Time   int64
+	Sum    uint64
+	HasSum bool // the record carries a sum (older records do not)
+	ID     EntryID
+	Key    string
+	Data   []byte
 }
 
 // learnerRecordOverhead bounds a record's bytes besides its key and data.
-const learnerRecordOverhead = 5*binary.MaxVarintLen64 + len(EntryID{})
+const learnerRecordOverhead = 1 + 5*binary.MaxVarintLen64 + 8 + len(EntryID{})
 
-// appendTo appends the encoded record to b.
+// appendTo appends the encoded record to b, with its sum.
 func (r learnerRecord) appendTo(b []byte) []byte {
+	b = append(b, 0)
 	b = binary.AppendUvarint(b, uint64(r.Slot))
 	b = binary.AppendUvarint(b, uint64(r.Pos))
 	b = binary.AppendUvarint(b, uint64(r.N))
 	b = binary.AppendUvarint(b, uint64(r.Time))
+	b = binary.LittleEndian.AppendUint64(b, r.Sum)
 	b = append(b, r.ID[:]...)
 	b = binary.AppendUvarint(b, uint64(len(r.Key)))
 	b = append(b, r.Key...)
@@ -81,6 +88,10 @@ var errBadRecord = errors.New("malformed client log record")
 
 func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 	var r learnerRecord
+	if len(b) > 0 && b[0] == 0 {
+		r.HasSum = true
+		b = b[1:]
+	}
 	var vals [4]uint64
 	for i := range vals {
 		v, n := binary.Uvarint(b)
@@ -88,6 +99,12 @@ func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 			return r, errBadRecord
 		}
 		vals[i], b = v, b[n:]
+	}
+	if r.HasSum {
+		if len(b) < 8 {
+			return r, errBadRecord
+		}
+		r.Sum, b = binary.LittleEndian.Uint64(b), b[8:]
 	}
 	if len(b) < len(r.ID) || vals[1] >= vals[2] {
 		return r, errBadRecord
@@ -140,6 +157,8 @@ type Learner struct {
 	kick chan struct{} // wakes the catch-up loop
 
 	relearn Index // damage dropped records through this index; learning them again (0: none)
+	sum     uint64 // running sum of entry hashes through last (check.go)
+	sumFrom Index  // first index whose record carries a sum
 	// gaps are damaged indices in the dedup window whose identities it
 	// lacks: nothing is applied until they are repaired (repair.go).
 	gaps map[Index]struct{}
@@ -218,12 +237,19 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 		}
 	}
 	l.first, l.last = Index(first), Index(last)
+	l.sumFrom = l.last + 1
 	if last >= first {
 		rec, err := l.record(Index(last))
 		if err != nil {
 			return err
 		}
 		l.applied = rec.Slot
+		if rec.HasSum {
+			l.sum = rec.Sum
+			if l.sumFrom, err = l.firstSummed(); err != nil {
+				return err
+			}
+		}
 	}
 	// Slots up to the floor are applied, even past the last record (they
 	// were no-ops), unless the log lost records that were stored when the
@@ -388,9 +414,13 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		}
 		buf := make([]byte, 0, size) // one allocation for every record
 		now := time.Now().UnixNano()
+		sum := l.sum
 		for i, e := range fresh {
 			start := len(buf)
-			buf = learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}.appendTo(buf)
+			r := learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}
+			sum += r.hash(l.last + 1 + Index(i))
+			r.Sum = sum
+			buf = r.appendTo(buf)
 			payloads[i] = buf[start:len(buf):len(buf)]
 		}
 		lastRec, err := l.journal.Append(payloads...)
@@ -400,6 +430,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		if Index(lastRec) != l.last+Index(len(fresh)) {
 			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
 		}
+		l.sum = sum
 		for i, e := range fresh {
 			l.last++
 			k := keys[i]
@@ -804,6 +835,7 @@ func (l *Learner) installPrefix(first Index, firstSlot Slot) error {
 	}
 	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot)
 	l.first, l.last, l.applied = first, first-1, applied
+	l.sum, l.sumFrom = 0, first
 	l.n.metrics.firstIndex.Set(float64(first))
 	if l.knownCommit < applied {
 		l.knownCommit = applied

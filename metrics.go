@@ -28,6 +28,7 @@ type metrics struct {
 	peerLatency     *prometheus.HistogramVec
 	repairs         *prometheus.CounterVec
 	recovering      prometheus.Gauge
+	replicaAlarm    prometheus.Gauge
 }
 
 func newMetrics(n *Node) *metrics {
@@ -115,7 +116,11 @@ func newMetrics(n *Node) *metrics {
 		Name: "paxoslog_recovering",
 		Help: "1 while this node rebuilds its acceptor state from its peers (it does not vote meanwhile), else 0.",
 	})
-	m.reg.MustRegister(m.repairs, m.recovering)
+	m.replicaAlarm = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_replica_alarm",
+		Help: "Peers whose log differs from this node's at an index both hold (0 while every check agrees).",
+	})
+	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm)
 	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,

@@ -408,6 +408,9 @@ type Config struct {
 	// ScrubInterval is the pause between scrubs, which read every closed
 	// segment file of both journals for damage (default 10m; repair.go).
 	ScrubInterval time.Duration
+	// CheckInterval is how often this node compares its log with each
+	// peer's (default 10s; check.go).
+	CheckInterval time.Duration
 
 	Logger *slog.Logger
 	// Seed seeds the node's election jitter; 0 picks one at random.
@@ -438,6 +441,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 5 * time.Second
+	}
+	if c.CheckInterval <= 0 {
+		c.CheckInterval = 10 * time.Second
 	}
 	if c.ScrubInterval <= 0 {
 		c.ScrubInterval = 10 * time.Minute
@@ -487,6 +493,8 @@ type Node struct {
 	// onIdentity, if set, runs once the node learns the cluster's
 	// identity (the HTTP transport re-opens its peer streams).
 	onIdentity func()
+
+	check replicaCheck // check.go
 }
 
 // NewNode opens the node's state under cfg.DataDir. It does not start any
@@ -500,6 +508,7 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		stopped:   make(chan struct{}),
 		fatalCh:   make(chan struct{}),
 		servingCh: make(chan struct{}),
+		check:     replicaCheck{alarms: map[NodeID]ReplicaAlarm{}},
 	}
 	n.metrics = newMetrics(n)
 	n.ids = newEntryIDs(cfg.ID)
@@ -582,7 +591,7 @@ func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n), n.learner.repairLoop}
+	loops := []func(context.Context){n.proposer.run, n.learner.run, n.acceptor.run(n), n.learner.repairLoop, n.checkLoop}
 	switch n.phase() {
 	case phaseDiscovering:
 		loops = append(loops, n.discover)
@@ -849,6 +858,11 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			r.Cluster = n.ClusterID()
 			resp = r
 		}
+	case methodSums:
+		var req SumsReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.learner.serveSums(req)
+		}
 	case methodRecords:
 		var req RecordsReq
 		if err = json.Unmarshal(body, &req); err == nil {
@@ -1086,6 +1100,9 @@ type Status struct {
 	Members    []NodeID     `json:"members"`
 	Peers      []PeerStatus `json:"peers"`
 	DiskBytes  int64        `json:"disk_bytes"`
+	// Alarm, when set, says this node's log and a peer's differ, and
+	// where first (check.go); null while they agree.
+	Alarm *ReplicaAlarm `json:"alarm"`
 }
 
 // Status reports what this node knows now.
@@ -1099,5 +1116,6 @@ func (n *Node) Status() Status {
 		ID: n.cfg.ID, Cluster: n.ClusterID(), State: ph.String(), Recovering: ph == phaseRecovering, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
 		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
 		Members: members, Peers: n.proposer.peers(), DiskBytes: dirSize(n.cfg.DataDir),
+		Alarm: n.check.alarm(),
 	}
 }

@@ -465,3 +465,91 @@ func TestDamagedLogNoPeerHolds(t *testing.T) {
 	}
 	c.crash(victim)
 }
+
+// forgeLog rewrites the client log in dir (the node is down) from index k
+// on as a node that applied another entry at k would hold it: the data
+// at k differs, and every sum from k on follows from it.
+func forgeLog(t *testing.T, dir string, k Index, data string) {
+	t.Helper()
+	j, err := openJournal(dir, journalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	_, last := j.Bounds()
+	var recs []learnerRecord
+	for i := uint64(k); i <= last; i++ {
+		p, err := j.Read(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := decodeLearnerRecord(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, rec)
+	}
+	p, err := j.Read(uint64(k) - 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, _ := decodeLearnerRecord(p)
+	recs[0].Data = []byte(data)
+	sum := prev.Sum
+	var payloads [][]byte
+	for n, rec := range recs {
+		sum += rec.hash(k + Index(n))
+		rec.Sum = sum
+		payloads = append(payloads, rec.appendTo(nil))
+	}
+	if err := j.TruncateBack(uint64(k) - 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(payloads...); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplicaCheckFindsDivergence: two replicas that hold different
+// entries at an index (what the lost-disk sequence used to leave behind)
+// raise an alarm on both sides that names the other node and the index.
+func TestReplicaCheckFindsDivergence(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	for i := 0; i < 100; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`"e%d"`, i))
+	}
+	c.check()
+	victim := leader%3 + 1
+	waitFor(t, 5*time.Second, "the victim to apply every entry", func() bool {
+		_, last := c.node(victim).learner.Bounds()
+		return last == 100
+	})
+	if _, _, err := c.node(victim).learner.durableApplied(); err != nil {
+		t.Fatal(err)
+	}
+	c.crash(victim)
+	forgeLog(t, filepath.Join(c.dirs[victim], "log"), 57, `"forged"`)
+	c.start(victim)
+	for _, id := range c.members {
+		n := c.node(id)
+		waitFor(t, 5*time.Second, fmt.Sprintf("node %d's alarm", id), func() bool {
+			a := n.check.alarm()
+			return a != nil && a.Index == 57 && (id == victim || a.Peer == victim)
+		})
+		st := n.Status()
+		if st.Alarm == nil || !strings.Contains(st.Alarm.Message, "index 57") {
+			t.Fatalf("node %d status alarm %+v", id, st.Alarm)
+		}
+		if v := scrape(t, n, "paxoslog_replica_alarm"); v < 1 {
+			t.Fatalf("node %d paxoslog_replica_alarm = %v", id, v)
+		}
+	}
+	other := victim%3 + 1
+	if a := c.node(other).check.alarm(); a == nil || a.Peer != victim {
+		t.Fatalf("node %d: alarm %+v, want one about node %d only", other, a, victim)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -205,12 +206,18 @@ func (l *Learner) repair(ctx context.Context, first, last Index) error {
 			lastErr = fmt.Errorf("node %d holds %d of the %d records", peer, len(resp.Records), last-first+1)
 			continue
 		}
-		fix := make(map[uint64][]byte, len(resp.Records))
+		recs := make([]learnerRecord, len(resp.Records))
 		for k, p := range resp.Records {
-			if _, err := decodeLearnerRecord(p); err != nil {
+			rec, err := decodeLearnerRecord(p)
+			if err != nil {
 				return fmt.Errorf("record %d from node %d: %w", first+Index(k), peer, err)
 			}
-			fix[uint64(first)+uint64(k)] = p
+			recs[k] = rec
+		}
+		fix, agrees := l.withOwnSums(first, recs)
+		if !agrees {
+			l.n.log.Error("the records a peer holds differ from what this node held at those indices (their sums disagree)",
+				"peer", peer, "from", first, "through", last)
 		}
 		files, err := l.journal.RewriteRecords(fix)
 		if err != nil {
@@ -232,6 +239,76 @@ func (l *Learner) repair(ctx context.Context, first, last Index) error {
 		lastErr = fmt.Errorf("no peer holds records %d..%d yet", first, last)
 	}
 	return lastErr
+}
+
+// withOwnSums encodes records fetched from a peer for indices first.. with
+// this node's running sums (a peer's sums start where its log does, this
+// node's where its own does: check.go), counted on from the record before
+// them or back from the one after. It reports whether the sums meet the
+// record after them, that is, whether the entries are those this node
+// held when it wrote that record.
+func (l *Learner) withOwnSums(first Index, recs []learnerRecord) (map[uint64][]byte, bool) {
+	last := first + Index(len(recs)) - 1
+	sumOf := func(i Index) (uint64, bool) {
+		if l.isDamaged(i) {
+			return 0, false
+		}
+		rec, err := l.record(i)
+		if err != nil || !rec.HasSum {
+			return 0, false
+		}
+		return rec.Sum, true
+	}
+	fix := make(map[uint64][]byte, len(recs))
+	before, okBefore := sumOf(first - 1)
+	after, okAfter := sumOf(last + 1)
+	var afterRec learnerRecord
+	if okAfter {
+		afterRec, _ = l.record(last + 1)
+	}
+	switch {
+	case okBefore:
+		s := before
+		for k := range recs {
+			s += recs[k].hash(first + Index(k))
+			recs[k].Sum, recs[k].HasSum = s, true
+		}
+	case okAfter:
+		s := after - afterRec.hash(last+1)
+		for k := len(recs) - 1; k >= 0; k-- {
+			recs[k].Sum, recs[k].HasSum = s, true
+			s -= recs[k].hash(first + Index(k))
+		}
+	default: // no sum of this node's to count from: the records go without
+		for k := range recs {
+			recs[k].HasSum = false
+		}
+	}
+	for k, rec := range recs {
+		b := rec.appendTo(nil)
+		if !rec.HasSum {
+			b = appendUnsummed(rec)
+		}
+		fix[uint64(first)+uint64(k)] = b
+	}
+	agrees := true
+	if okBefore && okAfter {
+		agrees = recs[len(recs)-1].Sum+afterRec.hash(last+1) == after
+	}
+	return fix, agrees
+}
+
+// appendUnsummed encodes rec in the older form, without a sum.
+func appendUnsummed(rec learnerRecord) []byte {
+	b := rec.appendTo(nil)
+	// Drop the leading 0 and the 8 sum bytes after the four uvarints.
+	out := b[1:]
+	k := 0
+	for i := 0; i < 4; i++ {
+		_, n := binary.Uvarint(out[k:])
+		k += n
+	}
+	return append(append([]byte(nil), out[:k]...), out[k+8:]...)
 }
 
 // repaired forgets first..last as damaged and, for those whose identity
