@@ -181,15 +181,15 @@ var errInjected = errors.New("injected fault")
 // error.
 func openAcceptor(dir string, onSync func(time.Duration), onDamage func(what string) error) (*Acceptor, error) {
 	damaged := false
-	onTail := func(d tailDamage) error {
+	onTail := func(d tailDamage) (bool, error) {
 		if !d.Damaged {
-			return nil // a crash tore what was never synced, never acknowledged
+			return false, nil // a crash tore what was never synced, never acknowledged
 		}
 		if onDamage == nil {
-			return fmt.Errorf("acceptor: records %d.. of %s are damaged: %w", d.From, d.Segment, errJournalCorrupt)
+			return false, fmt.Errorf("acceptor: records %d.. of %s are damaged: %w", d.From, d.Segment, errJournalCorrupt)
 		}
 		damaged = true
-		return onDamage(fmt.Sprintf("records from %d at the end of %s", d.From, filepath.Base(d.Segment)))
+		return false, onDamage(fmt.Sprintf("records from %d at the end of %s", d.From, filepath.Base(d.Segment)))
 	}
 	j, err := openJournal(dir, journalOptions{OnSync: onSync, OnTailDamage: onTail})
 	if err != nil {

@@ -156,7 +156,7 @@ type Learner struct {
 
 	kick chan struct{} // wakes the catch-up loop
 
-	relearn Index // damage dropped records through this index; learning them again (0: none)
+	relearn Index  // damage dropped records through this index; learning them again (0: none)
 	sum     uint64 // running sum of entry hashes through last (check.go)
 	sumFrom Index  // first index whose record carries a sum
 	// gaps are damaged indices in the dedup window whose identities it
@@ -182,16 +182,19 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 	if seg <= 0 {
 		seg = 4 << 20
 	}
-	var lost Index // re-learn through this index: damage at the tail dropped it
-	onTail := func(d tailDamage) error {
+	var lost Index     // re-learn through this index: records are missing up to it
+	var holes []uint64 // damaged records kept as holes, to repair
+	onTail := func(d tailDamage) (bool, error) {
 		if !d.Damaged {
 			n.log.Warn("client log: dropped a torn tail, records a crash cut short", "file", n.relPath(d.Segment), "from", d.From)
-			return nil
+			return false, nil
 		}
-		lost = Index(max(d.From, d.Through))
-		n.log.Error("client log: records at the end of a segment are damaged; dropping them and learning them again from peers",
-			"file", n.relPath(d.Segment), "from", d.From, "through", d.Through)
-		return nil
+		// Damage: the good records after it stay, the damaged ones become
+		// holes, repaired from peers (repair.go) once they are read.
+		n.log.Error("client log: records in the newest segment are damaged; keeping the good ones and repairing the rest from peers",
+			"file", n.relPath(d.Segment), "from", d.From, "through", d.Through, "damaged", len(d.Holes))
+		holes = d.Holes
+		return true, nil
 	}
 	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg, OnTailDamage: onTail})
 	if err != nil {
@@ -211,6 +214,11 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 
 		repairKick: make(chan struct{}, 1),
 	}
+	l.dmgMu.Lock()
+	for _, h := range holes {
+		l.damaged[Index(h)] = struct{}{}
+	}
+	l.dmgMu.Unlock()
 	if err := l.load(floor, lost); err != nil {
 		j.Close()
 		return nil, fmt.Errorf("learner: %w", err)

@@ -23,6 +23,22 @@ func (c *testCluster) wipe(id NodeID) {
 	}
 }
 
+// diskWhole reports whether n serves with nothing of its disk missing:
+// no acceptor rebuild, no damaged client log record, no records dropped
+// that it is still learning again.
+func diskWhole(n *Node) bool {
+	if !n.serving() {
+		return false
+	}
+	l := n.learner
+	l.dmgMu.Lock()
+	damaged := len(l.damaged)
+	l.dmgMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return damaged == 0 && len(l.gaps) == 0 && l.relearn == 0
+}
+
 // waitPhase waits until node id runs in phase ph.
 func (c *testCluster) waitPhase(id NodeID, ph phase, d time.Duration) {
 	c.t.Helper()

@@ -91,6 +91,7 @@ func (l *Learner) noteDamaged(i Index) {
 		l.damaged[i] = struct{}{}
 	}
 	l.dmgMu.Unlock()
+	// (A hole left at open is known already: logged there, not again.)
 	if !known {
 		l.n.log.Error("client log record fails its check; repairing it from peers", "file", l.journal.segmentOf(uint64(i)), "index", i)
 	}
@@ -141,8 +142,7 @@ var errNoPeerHolds = errors.New("no peer holds the damaged records any more")
 
 // repairLoop repairs damaged records, and runs the scrub.
 func (l *Learner) repairLoop(ctx context.Context) {
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
+	retry := time.NewTimer(0) // a first pass at once: holes found as the journal opened
 	defer retry.Stop()
 	scrub := time.NewTimer(l.n.cfg.ScrubInterval)
 	defer scrub.Stop()

@@ -336,14 +336,15 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 		cons[id] = c.follow(ctx, id)
 	}
 
-	// The fault schedule. lost holds the nodes whose acceptor state a
-	// wipe or damage took, until they serve again: at most f at once,
-	// the contract's bound (a majority of disks lost is not survivable).
+	// The fault schedule. lost holds the nodes that a wipe or damage
+	// left short of something of their disk (acceptor state, client log
+	// records), until they have it back: at most f at once, the
+	// contract's bound (a majority of disks lost is not survivable).
 	lost := map[NodeID]bool{}
 	for step := 0; step < steps; step++ {
 		down := len(c.members) - len(c.live())
 		for id := range lost {
-			if n := c.node(id); n != nil && n.serving() {
+			if n := c.node(id); n != nil && diskWhole(n) {
 				delete(lost, id)
 			}
 		}
@@ -419,16 +420,14 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			// A flipped byte in a synced record of either journal.
 			id := c.members[rng.Intn(size)]
 			journal := []string{"acceptor", "log"}[rng.Intn(2)]
-			if journal == "acceptor" && !lost[id] && len(lost) >= f {
+			if !lost[id] && len(lost) >= f {
 				break
 			}
 			c.crash(id)
 			if what := damageSyncedRecord(t, filepath.Join(c.dirs[id], journal), journal == "log", rng); what != "" {
 				stats.faults["damage-"+journal]++
 				t.Logf("step %d: damaged %s of node %d's %s journal", step, what, id, journal)
-				if journal == "acceptor" {
-					lost[id] = true
-				}
+				lost[id] = true
 			}
 			c.start(id)
 		}

@@ -64,9 +64,14 @@ type journalOptions struct {
 	// OnSync, when set, observes the duration of every fsync.
 	OnSync func(time.Duration)
 	// OnTailDamage, when set, hears of bad records at the end of the
-	// journal as it opens, before they are dropped; an error fails the
-	// open and drops nothing.
-	OnTailDamage func(tailDamage) error
+	// journal as it opens, before anything changes; an error fails the
+	// open. By default every record from the first bad one on is
+	// dropped. If it returns keep for damage (tailDamage.Damaged), the
+	// good records after the bad ones stay, each bad one becomes a hole
+	// (a record with no payload, which reads as damaged until
+	// RewriteRecords fills it), and the segment is closed (a new, empty
+	// tail follows it) so that RewriteRecords can.
+	OnTailDamage func(tailDamage) (keep bool, err error)
 }
 
 // journal wraps a tidwall/wal log with checksums, torn-tail repair, explicit
@@ -182,8 +187,11 @@ type tailDamage struct {
 	Segment string // the segment file, as a path
 	From    uint64 // journal number of the first bad record
 	// Through is the number of the last good record found after the bad
-	// ones (all are dropped with them), else 0.
+	// ones, else 0.
 	Through uint64
+	// Holes are the numbers of the bad records before Through: kept as
+	// holes if the owner keeps the good records after them.
+	Holes []uint64
 	// Damaged: the bad records cannot all be an unsynced tail torn by a
 	// crash, because a good record after them was written once they were
 	// synced (its synced mark covers them), or is of the older format,
@@ -217,11 +225,20 @@ func (j *journal) checkTail() error {
 	d := tailDamage{Segment: path, From: sc.badFrom + j.base, Damaged: sc.damaged()}
 	if sc.lastGood > sc.badFrom {
 		d.Through = sc.lastGood + j.base
+		for pos := sc.badFrom; pos < sc.lastGood; pos++ {
+			if _, ok := sc.good[pos]; !ok {
+				d.Holes = append(d.Holes, pos+j.base)
+			}
+		}
 	}
+	keep := false
 	if j.opts.OnTailDamage != nil {
-		if err := j.opts.OnTailDamage(d); err != nil {
+		if keep, err = j.opts.OnTailDamage(d); err != nil {
 			return err
 		}
+	}
+	if keep && d.Damaged {
+		return j.holeTail(path, start, sc)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -232,6 +249,33 @@ func (j *journal) checkTail() error {
 		return err
 	}
 	return syncClose(f)
+}
+
+// holeTail rewrites the tail segment at path, whose first position is
+// start, with its good records, a hole for every bad one before the last
+// good one, and nothing after that; then it closes the segment with an
+// empty tail after it. A crash part way leaves the old file (the rename
+// had not happened) or the new one without its successor, which the next
+// open finds whole and takes as the tail again.
+func (j *journal) holeTail(path string, start uint64, sc segmentScan) error {
+	var out []byte
+	for pos := start; pos <= sc.lastGood; pos++ {
+		rec := appendRecord(nil, pos, pos, sc.good[pos]) // a hole if it is bad: no payload
+		out = binary.AppendUvarint(out, uint64(len(rec)))
+		out = append(out, rec...)
+	}
+	tmp := path + ".rewrite"
+	if err := writeFileSync(tmp, out); err != nil {
+		return fmt.Errorf("hole the tail: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("hole the tail: %w", err)
+	}
+	next := filepath.Join(j.dir, fmt.Sprintf("%020d", sc.lastGood+1))
+	if err := writeFileSync(next, nil); err != nil {
+		return fmt.Errorf("hole the tail: %w", err)
+	}
+	return syncDir(j.dir)
 }
 
 // truncationLeftovers reports whether dir holds the .START or .END file
@@ -342,7 +386,7 @@ func checkV1Record(raw []byte) ([]byte, bool) {
 // payload and synced mark (0 for an older-format record).
 func (j *journal) openRecord(n uint64, raw []byte) ([]byte, uint64, bool) {
 	if num, synced, p, ok := parseRecord(raw); ok {
-		return p, synced, num == n
+		return p, synced, num == n && len(p) > 0 // no payload: a hole (see holeTail)
 	}
 	if n < j.v2From.Load() {
 		if p, ok := checkV1Record(raw); ok {

@@ -295,9 +295,9 @@ func TestJournalRepairsTail(t *testing.T) {
 					t.Parallel()
 					dir := t.TempDir()
 					var reports []tailDamage
-					opts := journalOptions{SegmentSize: size, OnTailDamage: func(d tailDamage) error {
+					opts := journalOptions{SegmentSize: size, OnTailDamage: func(d tailDamage) (bool, error) {
 						reports = append(reports, d)
-						return nil
+						return false, nil
 					}}
 					j := openTestJournal(t, dir, opts)
 					appendJournalRecords(t, j, 1, records)
@@ -375,9 +375,9 @@ func TestJournalDamagedTail(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
 			var reports []tailDamage
-			opts := journalOptions{OnTailDamage: func(d tailDamage) error {
+			opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
 				reports = append(reports, d)
-				return nil
+				return false, nil
 			}}
 			j := openTestJournal(t, dir, opts)
 			group := strings.HasPrefix(tc.name, "group:")
@@ -424,11 +424,67 @@ func TestJournalDamagedTail(t *testing.T) {
 	j.Close()
 	appendToSegment(t, newestSegment(t, dir), []byte{0x80})
 	refuse := errors.New("not now")
-	if _, err := openJournal(dir, journalOptions{OnTailDamage: func(tailDamage) error { return refuse }}); !errors.Is(err, refuse) {
+	if _, err := openJournal(dir, journalOptions{OnTailDamage: func(tailDamage) (bool, error) { return false, refuse }}); !errors.Is(err, refuse) {
 		t.Fatalf("open with a refusing owner: %v", err)
 	}
 	j = openTestJournal(t, dir, journalOptions{})
 	checkJournalRecords(t, j, 1, 3)
+}
+
+// TestJournalKeepsGoodRecordsAfterDamage: an owner that keeps the good
+// records after damage in the tail segment gets them, with holes for the
+// damaged ones that read as corrupt until RewriteRecords fills them; the
+// segment is closed so that it can, and appends go on in a new one.
+func TestJournalKeepsGoodRecordsAfterDamage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var reports []tailDamage
+	opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
+		reports = append(reports, d)
+		return true, nil
+	}}
+	j := openTestJournal(t, dir, opts)
+	for n := 1; n <= 9; n++ {
+		appendJournalRecords(t, j, n, n)
+		if err := j.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	path := newestSegment(t, dir)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts, bodies := segmentRecordOffsets(t, data)
+	data[bodies[2]+7] ^= 0x10        // record 3
+	clear(data[starts[5]:bodies[5]]) // record 6's length: the framing breaks
+	if err := os.WriteFile(path, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	j = openTestJournal(t, dir, opts)
+	if len(reports) != 1 || !reports[0].Damaged || !reflect.DeepEqual(reports[0].Holes, []uint64{3, 6}) || reports[0].Through != 9 {
+		t.Fatalf("reports %+v, want damage with holes at 3 and 6 through 9", reports)
+	}
+	if first, last := j.Bounds(); first != 1 || last != 9 {
+		t.Fatalf("bounds %d..%d, want 1..9", first, last)
+	}
+	for _, n := range []uint64{3, 6} {
+		if _, err := j.Read(n); !errors.Is(err, errJournalCorrupt) {
+			t.Fatalf("read hole %d: %v", n, err)
+		}
+	}
+	if _, err := j.RewriteRecords(map[uint64][]byte{3: journalPayload(3), 6: journalPayload(6)}); err != nil {
+		t.Fatalf("rewrite the holes: %v", err)
+	}
+	appendJournalRecords(t, j, 10, 12)
+	checkJournalRecords(t, j, 1, 12)
+	j.Close()
+	j = openTestJournal(t, dir, opts)
+	checkJournalRecords(t, j, 1, 12)
+	if len(reports) != 1 {
+		t.Fatalf("a clean reopen reported %+v", reports[1:])
+	}
 }
 
 // TestJournalCorruptRecord flips a byte of a record in a closed segment:
