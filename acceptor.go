@@ -155,7 +155,8 @@ func (s *acceptorState) replay(r acceptorRecord) {
 type Acceptor struct {
 	journal *journal
 
-	damaged bool // its journal held damage at open: the state is incomplete (see openAcceptor)
+	damaged   bool       // its journal held damage at open: the state is incomplete (see openAcceptor)
+	compactMu sync.Mutex // serialises compact: each truncates before its own checkpoint
 
 	mu         sync.Mutex // protects the fields below
 	state      *acceptorState
@@ -222,7 +223,15 @@ func openAcceptor(dir string, onSync func(time.Duration), onDamage func(what str
 	return a, nil
 }
 
-func (a *Acceptor) close() error { return a.journal.Close() }
+// close seals the journal (see seal: after a clean stop, damage to the
+// last records is then told from a torn tail) and closes it.
+func (a *Acceptor) close() error {
+	err := a.sealNow()
+	if errors.Is(err, errJournalClosed) {
+		err = nil
+	}
+	return errors.Join(err, a.journal.Close())
+}
 
 // step runs a transition under the lock, appends its record, and returns
 // the journal position the reply must wait for.
@@ -349,6 +358,8 @@ func (a *Acceptor) valueExactly(slot Slot, b Ballot) (Value, bool) {
 // floor, whose last index is index, and drops the journal before the
 // checkpoint (invariant A4).
 func (a *Acceptor) compact(floor Slot, index Index) error {
+	a.compactMu.Lock() // the run loop's and a scrub's checkpoints, one at a time
+	defer a.compactMu.Unlock()
 	a.mu.Lock()
 	rec := a.state.compact(floor, index)
 	seq, err := a.journal.Append(rec.encode())
@@ -408,6 +419,14 @@ func (a *Acceptor) forget() error {
 	return nil
 }
 
+// voted reports whether the state records any vote: a promise, an
+// acceptance or a floor.
+func (a *Acceptor) voted() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.state.promised.IsZero() || a.state.floor > 0 || len(a.state.accepted) > 0
+}
+
 // FloorIndex returns the learner's last index when the floor was set,
 // and whether a checkpoint recorded it (A4).
 func (a *Acceptor) FloorIndex() (Index, bool) {
@@ -431,8 +450,19 @@ const sealIdle = 200 * time.Millisecond
 // the last group commit before a crash.
 func (a *Acceptor) seal(now time.Time) error {
 	a.mu.Lock()
+	due := now.Sub(a.lastWrite) >= sealIdle
+	a.mu.Unlock()
+	if !due {
+		return nil
+	}
+	return a.sealNow()
+}
+
+// sealNow writes a seal unless the last record is one.
+func (a *Acceptor) sealNow() error {
+	a.mu.Lock()
 	_, last := a.journal.Bounds()
-	due := last > a.sealed && now.Sub(a.lastWrite) >= sealIdle
+	due := last > a.sealed
 	promised := a.state.promised
 	a.mu.Unlock()
 	if !due {

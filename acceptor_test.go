@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"testing"
 )
@@ -554,5 +555,41 @@ func TestAcceptorCompactReopen(t *testing.T) {
 	want := Promise{OK: true, Promised: accBal(3, 1), Floor: 3, Accepted: []SlotValue{accSV(4, b11, "d"), accSV(5, b11, "e"), accSV(6, b21, "f")}}
 	if !reflect.DeepEqual(p, want) {
 		t.Errorf("prepare after reopen\n got %v %+v\nwant %v %+v", p, p.Accepted, want, want.Accepted)
+	}
+}
+
+// TestAcceptorSealsOnClose: a clean close seals the journal, so damage to
+// the last promise while the node is down is told from a torn tail: the
+// node must rebuild, not vote with the promise gone.
+func TestAcceptorSealsOnClose(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	a := openTestAcceptor(t, dir)
+	mustPrepareDurable(t, a, accBal(1, 1), 1)
+	mustPrepareDurable(t, a, accBal(5, 2), 1)
+	if err := a.close(); err != nil {
+		t.Fatal(err)
+	}
+	path := newestSegment(t, dir)
+	data, _ := os.ReadFile(path)
+	starts, _ := segmentRecordOffsets(t, data)
+	if len(starts) != 3 {
+		t.Fatalf("%d records after close, want two promises and a seal", len(starts))
+	}
+	data[starts[2]-1] ^= 0x01 // the last byte of the second promise
+	if err := os.WriteFile(path, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var damage []string
+	a, err := openAcceptor(dir, nil, func(what string) error {
+		damage = append(damage, what)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.journal.Close()
+	if !a.damaged || len(damage) != 1 {
+		t.Fatalf("damaged %v, reports %v: a damaged promise before a seal must count as damage", a.damaged, damage)
 	}
 }

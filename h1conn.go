@@ -57,6 +57,9 @@ type h1Conn struct {
 	net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	// declared is the cluster identity a peer stream declared as it
+	// opened (peerstream.go); "" for other connections.
+	declared string
 }
 
 // watch bounds the call about to be made on c: by the deadline dl if set,

@@ -230,19 +230,24 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 // lost, if not 0, is an index that damage dropped from the tail.
 func (l *Learner) load(floor learnerFloor, lost Index) error {
 	first, last := l.journal.Bounds()
-	if last >= first {
+	for last >= first {
 		rec, err := l.record(Index(last))
-		if err != nil {
+		keep := last
+		switch {
+		case errors.Is(err, errJournalCorrupt):
+			keep = last - 1 // damaged at the very end: dropped, and learned again by slot
+		case err != nil:
+			return err
+		case rec.Pos+1 < rec.N:
+			keep = last - uint64(rec.Pos) - 1 // the batch of rec.Slot was cut short: drop its records
+		}
+		if keep == last {
+			break
+		}
+		if err := l.journal.TruncateBack(keep); err != nil {
 			return err
 		}
-		if rec.Pos+1 < rec.N {
-			// The batch of rec.Slot was cut short: drop its records.
-			keep := last - uint64(rec.Pos) - 1
-			if err := l.journal.TruncateBack(keep); err != nil {
-				return err
-			}
-			last = keep
-		}
+		last = keep
 	}
 	l.first, l.last = Index(first), Index(last)
 	l.sumFrom = l.last + 1

@@ -550,7 +550,7 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 	n.acceptor, n.learner = acc, lrn
 	accFirst, accLast := acc.journal.Bounds()
 	_, logLast := lrn.journal.Bounds()
-	ph, err := n.startPhase(acc.damaged, accFirst > accLast, logLast == 0)
+	ph, err := n.startPhase(acc.damaged, accFirst > accLast, acc.voted(), logLast == 0)
 	if err == nil && ph == phaseRecovering {
 		err = acc.forget() // what it holds is incomplete or untrusted
 	}
@@ -697,7 +697,9 @@ func (n *Node) crash() error {
 	return errors.Join(n.learner.journal.crash(), n.acceptor.journal.crash())
 }
 
-// fatal records a storage error: the node stops, a restart recovers.
+// fatal records an error the node cannot go on after (a storage error,
+// which a restart recovers from; or one that needs the operator, which
+// says so): the node stops.
 func (n *Node) fatal(err error) {
 	select {
 	case <-n.stopped:
@@ -710,7 +712,7 @@ func (n *Node) fatal(err error) {
 	defer n.fatalMu.Unlock()
 	if n.fatalErr == nil {
 		n.fatalErr = err
-		n.log.Error("stopping after storage error", "err", err)
+		n.log.Error("stopping", "err", err)
 		close(n.fatalCh)
 	}
 }

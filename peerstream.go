@@ -252,7 +252,9 @@ func (p *streamPool) call(ctx context.Context, method string, body []byte) (stat
 	upgrade := func(c *h1Conn) error { return p.upgrade(ctx, c) }
 	err = p.exchange(ctx, true, upgrade, func(c *h1Conn) (keep bool, err error) {
 		status, out, keep, err = p.roundTrip(ctx, c, method, body)
-		return keep, err
+		// A stream that declared another identity than this node's now
+		// (it opened before the node learned it) is not reused.
+		return keep && c.declared == p.cluster(), err
 	})
 	if err != nil {
 		return 0, nil, err
@@ -275,8 +277,9 @@ func (p *streamPool) upgrade(ctx context.Context, c *h1Conn) error {
 	if p.auth != "" {
 		w.WriteString(peerKeyHeader + ": " + p.auth + "\r\n")
 	}
-	if c := p.cluster(); c != "" {
-		w.WriteString(clusterHeader + ": " + c + "\r\n")
+	c.declared = p.cluster()
+	if c.declared != "" {
+		w.WriteString(clusterHeader + ": " + c.declared + "\r\n")
 	}
 	w.WriteString("\r\n")
 	if err := w.Flush(); err != nil {

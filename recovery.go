@@ -66,7 +66,9 @@ import (
 //  1. It waits twice the election timeout after it started, so that any
 //     campaign still gathering promises, one of which may have come from
 //     this node before it forgot, has ended (every campaign gives up after
-//     one election timeout).
+//     one election timeout). This is the one place where safety leans on
+//     time: it needs every node's --election-timeout to be the same, and
+//     clocks that run at about the same rate.
 //  2. It runs phase 1 itself, with a ballot above every one it has seen,
 //     against the other members only, and needs promises from a majority
 //     of the whole cluster among them. That is the fence: each of those
@@ -219,16 +221,18 @@ func newClusterID() string {
 // startPhase reads the node's identity and decides, from it and from what
 // the journals hold, how the node starts (see the top of this file). It
 // writes IDENTITY when the decision changes it. accDamaged says that the
-// acceptor journal was found damaged as it opened; accEmpty and logEmpty
-// say whether the journals hold any record.
-func (n *Node) startPhase(accDamaged, accEmpty, logEmpty bool) (phase, error) {
+// acceptor journal was found damaged as it opened; accEmpty says that it
+// holds no record, accVoted that its state records a vote (a promise, an
+// acceptance or a floor: a founder's first checkpoint records none);
+// logEmpty that the client log holds no record.
+func (n *Node) startPhase(accDamaged, accEmpty, accVoted, logEmpty bool) (phase, error) {
 	dir := n.cfg.DataDir
 	id, err := readIdentity(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		id = identity{Node: n.cfg.ID}
 		switch {
-		case accEmpty && logEmpty:
+		case !accVoted && logEmpty:
 			id.State = "discovering"
 		case accEmpty:
 			n.log.Error("the acceptor journal is missing but the client log is not: this node forgot its promises and acceptances", "file", "acceptor")
@@ -247,7 +251,7 @@ func (n *Node) startPhase(accDamaged, accEmpty, logEmpty bool) (phase, error) {
 	switch {
 	case accDamaged:
 		id.State = "recovering"
-	case id.State == "discovering" && !(accEmpty && logEmpty):
+	case id.State == "discovering" && (accVoted || !logEmpty):
 		id.State = "recovering" // it holds something it should not have
 	case id.State == "member" && accEmpty:
 		n.log.Error("the acceptor journal is empty: this node forgot its promises and acceptances", "file", "acceptor")
@@ -258,7 +262,15 @@ func (n *Node) startPhase(accDamaged, accEmpty, logEmpty bool) (phase, error) {
 			id.Nonce = randomUint64()
 		}
 		if len(n.cfg.Members) == 1 {
-			// Alone: every member (this one) is blank, so the cluster is new.
+			// Alone: every member (this one) is blank, so the cluster is
+			// new. The acceptor's first record goes first: a crash before
+			// IDENTITY is written leaves a journal with state and no
+			// IDENTITY, which starts as a member; the other order would
+			// leave a member with an empty acceptor journal, which must
+			// rebuild and, alone, cannot.
+			if err := n.acceptor.install(Ballot{}, 0, 0, nil); err != nil {
+				return 0, err
+			}
 			id.State, id.Nonce, id.Founders = "member", 0, []founder{{ID: n.cfg.ID}}
 		}
 	}
@@ -413,7 +425,7 @@ func (n *Node) onHello(HelloReq) HelloResp {
 	case phaseDiscovering:
 		return HelloResp{State: "blank", Nonce: id.Nonce}
 	case phaseRecovering:
-		return HelloResp{Cluster: id.Cluster, State: "member", Recovering: true}
+		return HelloResp{Cluster: id.Cluster, State: "member", Recovering: true, Founders: id.Founders}
 	}
 	return HelloResp{Cluster: id.Cluster, State: "member", Founders: id.Founders}
 }
@@ -480,11 +492,13 @@ func (n *Node) discover(ctx context.Context) {
 	for {
 		answers := n.helloAll(ctx, nonce, n.cfg.ElectionTimeout)
 		var holders []NodeID
+		serving := false // a holder that serves: it is not short of state itself
 		clusters := map[string]bool{}
 		for id, a := range answers {
 			if a.State != "member" {
 				continue
 			}
+			serving = serving || !a.Recovering
 			for _, f := range a.Founders {
 				if f.ID == n.cfg.ID && f.Nonce == nonce {
 					n.found(a.Founders, fmt.Sprintf("node %d founded the cluster with this node", id))
@@ -500,6 +514,15 @@ func (n *Node) discover(ctx context.Context) {
 		case len(clusters) > 1:
 			if wl.due() {
 				n.log.Error("members name different cluster identities; waiting", "clusters", strings.Join(sortedKeys(clusters), ","))
+			}
+		case len(holders) > 0 && !serving:
+			// Every member with state that answered is rebuilding: it
+			// lost its disk too, and this node may be a founder whose
+			// founders are all out of reach. Recovering now could leave
+			// two nodes each waiting for the other; a member that serves
+			// says which this node is.
+			if wl.due() {
+				n.log.Info("the members that answered are rebuilding; waiting for one that serves", "holders", fmt.Sprint(holders))
 			}
 		case len(holders) > 0:
 			var cluster string
@@ -558,14 +581,18 @@ func sortedKeys(m map[string]bool) []string {
 
 // found makes a blank node a member of a new cluster, with empty state.
 func (n *Node) found(founders []founder, why string) {
+	// The acceptor's first record goes first: a crash right after it
+	// leaves a node that has voted in nothing (still blank, see
+	// startPhase), while a member with an empty acceptor journal would
+	// have to rebuild.
+	if err := n.acceptor.install(Ballot{}, 0, 0, nil); err != nil {
+		n.storageFailed(err)
+		return
+	}
 	if err := n.updateIdentity(func(id *identity) {
 		id.State, id.Nonce, id.Founders = "member", 0, founders
 	}); err != nil {
 		n.fatal(err)
-		return
-	}
-	if err := n.acceptor.install(Ballot{}, 0, 0, nil); err != nil {
-		n.storageFailed(err)
 		return
 	}
 	n.setPhase(phaseServing)
@@ -576,6 +603,11 @@ func (n *Node) found(founders []founder, why string) {
 // rebuild restores the acceptor's state from a majority of the other
 // members (steps 1-4 at the top of this file) and then lets the node vote.
 func (n *Node) rebuild(ctx context.Context) {
+	if len(n.others()) < n.quorumSize() {
+		n.fatal(fmt.Errorf("the acceptor state under --data %s is missing or damaged, and a cluster of %d has too few other members to rebuild it from (a majority of the cluster among them): restore --data from a backup",
+			n.cfg.DataDir, len(n.cfg.Members)))
+		return
+	}
 	start := time.Now()
 	n.log.Info("rebuilding acceptor state from a majority of the other members before voting", "members", len(n.cfg.Members))
 	quiet := n.started.Add(2 * n.cfg.ElectionTimeout)
@@ -623,8 +655,8 @@ func (n *Node) rebuild(ctx context.Context) {
 		}
 	}
 	for n.learner.Applied() < floor {
-		if err := n.learner.waitApplied(ctx, floor, floorFrom); err != nil && ctx.Err() != nil {
-			return
+		if err := n.learner.waitApplied(ctx, floor, floorFrom); err != nil {
+			return // the node stops (waitApplied waits out anything else)
 		}
 	}
 	applied, last, err := n.learner.durableApplied()

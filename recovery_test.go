@@ -569,3 +569,71 @@ func TestReplicaCheckFindsDivergence(t *testing.T) {
 		t.Fatalf("node %d: alarm %+v, want one about node %d only", other, a, victim)
 	}
 }
+
+// TestTwoDamagedRecordsInOneSegment: two damaged records of one closed
+// segment, not next to each other and both in the dedup window, are
+// each repaired (a rewrite keeps the other as a hole until its turn).
+func TestTwoDamagedRecordsInOneSegment(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		smallSegmentConfig(cfg)
+		cfg.DedupWindow = 4096
+	})
+	leader := c.leader(5 * time.Second)
+	for i := 0; i < 120; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("q", 40)))
+	}
+	victim := leader%3 + 1
+	waitFor(t, 5*time.Second, "the victim to apply every entry", func() bool {
+		_, last := c.node(victim).learner.Bounds()
+		return last == 120
+	})
+	if _, _, err := c.node(victim).learner.durableApplied(); err != nil {
+		t.Fatal(err)
+	}
+	c.crash(victim)
+	a := damageClosedRecord(t, filepath.Join(c.dirs[victim], "log"), 1)
+	b := damageClosedRecord(t, filepath.Join(c.dirs[victim], "log"), 4)
+	c.start(victim)
+	n := c.node(victim)
+	waitFor(t, 10*time.Second, "both damaged records to be repaired", func() bool {
+		return diskWhole(n) && scrape(t, n, `paxoslog_repairs_total{journal="log"}`) >= 2
+	})
+	for _, i := range []uint64{a, b} {
+		if _, err := n.learner.Get(Index(i)); err != nil {
+			t.Fatalf("read repaired index %d: %v", i, err)
+		}
+	}
+	c.mustAppend(victim, `"after"`)
+	c.check()
+}
+
+// TestFounderCrashBeforeIdentity: a node that crashed after its first
+// acceptor record (a founder's empty checkpoint) but before IDENTITY said
+// member has voted in nothing: it is still blank, and the new cluster
+// forms around it.
+func TestFounderCrashBeforeIdentity(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	c.leader(5 * time.Second)
+	c.stopAll()
+	for _, id := range c.members {
+		os.RemoveAll(c.dirs[id])
+	}
+	acc, err := openAcceptor(filepath.Join(c.dirs[1], "acceptor"), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := acc.install(Ballot{}, 0, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	acc.journal.Close()
+	if err := writeIdentity(c.dirs[1], identity{Node: 1, State: "discovering", Nonce: 7}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range c.members {
+		c.start(id)
+	}
+	c.leader(5 * time.Second)
+	c.mustAppend(1, `"a"`)
+	c.waitOneIdentity(5 * time.Second)
+	c.check()
+}

@@ -113,12 +113,12 @@ func (l *Learner) isDamaged(i Index) bool {
 // consecutive indices of at most maxRepairRecords, and forgets those that
 // retention dropped meanwhile.
 func (l *Learner) damagedRuns() [][2]Index {
-	first, _ := l.Bounds()
+	first, last := l.Bounds()
 	l.dmgMu.Lock()
 	var idx []Index
 	for i := range l.damaged {
-		if i < first {
-			delete(l.damaged, i)
+		if i < first || i > last {
+			delete(l.damaged, i) // dropped (retention, or at the end as the log opened)
 			continue
 		}
 		idx = append(idx, i)
@@ -220,10 +220,10 @@ func (l *Learner) repair(ctx context.Context, first, last Index) error {
 				"peer", peer, "from", first, "through", last)
 		}
 		files, err := l.journal.RewriteRecords(fix)
+		if errors.Is(err, errNotFound) {
+			return err // retention dropped them meanwhile: forgotten on the next pass
+		}
 		if err != nil {
-			if errors.Is(err, errTailSegment) || errors.Is(err, errJournalCorrupt) {
-				return err // tried again later (more damage in the segment is noted as it is read)
-			}
 			l.n.fatal(fmt.Errorf("learner: repair: %w", err))
 			return err
 		}

@@ -213,6 +213,18 @@ func (j *journal) checkTail() error {
 		return err
 	}
 	path := segs[len(segs)-1]
+	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 && len(segs) > 1 {
+		// An empty tail (a segment just cycled, or one holeTail left)
+		// holds nothing; the one before it ends the records. Without the
+		// empty file it is the tail again, and is checked as such.
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+		if err := syncDir(j.dir); err != nil {
+			return err
+		}
+		path = segs[len(segs)-2]
+	}
 	start, _ := strconv.ParseUint(filepath.Base(path), 10, 64)
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -269,6 +281,9 @@ func (j *journal) holeTail(path string, start uint64, sc segmentScan) error {
 		return fmt.Errorf("hole the tail: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("hole the tail: %w", err)
+	}
+	if err := syncDir(j.dir); err != nil { // the rewrite before the successor that closes it
 		return fmt.Errorf("hole the tail: %w", err)
 	}
 	next := filepath.Join(j.dir, fmt.Sprintf("%020d", sc.lastGood+1))
@@ -660,6 +675,10 @@ func (j *journal) TruncateFront(n uint64) error {
 		j.mu.Unlock()
 		return err
 	}
+	if first, _ := j.log.FirstIndex(); n <= first+j.base {
+		j.mu.Unlock()
+		return nil // nothing before n is left
+	}
 	trashed := j.trashSegmentsLocked(n - j.base)
 	err := j.log.TruncateFront(n - j.base)
 	if err != nil {
@@ -872,16 +891,18 @@ func (j *journal) ScanClosed(s segmentInfo) ([]uint64, error) {
 	return bad, nil
 }
 
-// errTailSegment: a rewrite was asked for a record of the tail segment,
-// which tidwall/wal holds open for appends.
-var errTailSegment = errors.New("record is in the tail segment")
-
-// RewriteRecords replaces the payloads of records in closed segments,
-// fix mapping journal numbers to payloads, and returns the segment files
-// it rewrote. Each such segment is written anew: every other record as
-// it reads now (it must be good), to a temporary file that is synced and
-// renamed over the old one. A crash leaves the old file or the new one.
+// RewriteRecords replaces the payloads of records, fix mapping journal
+// numbers to payloads, and returns the segment files it rewrote. Each such
+// segment is written anew, to a temporary file that is synced and renamed
+// over the old one (a crash leaves the old file or the new one): the
+// records in fix with their new payloads, every other good record as it
+// reads now, and every other bad one as a hole, still bad, for a later
+// rewrite. The tail segment, which tidwall/wal holds open for appends, is
+// rewritten with the log closed and opened again around it, so syncs and
+// reads wait meanwhile.
 func (j *journal) RewriteRecords(fix map[uint64][]byte) ([]string, error) {
+	j.syncMu.Lock() // a sync must not run on the log while it is reopened
+	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.writableLocked(); err != nil {
@@ -889,39 +910,60 @@ func (j *journal) RewriteRecords(fix map[uint64][]byte) ([]string, error) {
 	}
 	j.readMu.Lock()
 	defer j.readMu.Unlock()
-	segs := j.closedSegmentsLocked()
+	segs, err := segmentFiles(j.dir)
+	if err != nil {
+		return nil, err
+	}
+	last, _ := j.log.LastIndex()
+	type seg struct {
+		path        string
+		first, next uint64
+	}
+	var all []seg
+	for i, p := range segs {
+		s := seg{path: p, next: last + 1}
+		s.first, _ = strconv.ParseUint(filepath.Base(p), 10, 64)
+		if i+1 < len(segs) {
+			s.next, _ = strconv.ParseUint(filepath.Base(segs[i+1]), 10, 64)
+		}
+		all = append(all, s)
+	}
 	todo := map[int]bool{}
 	for n := range fix {
-		pos := n - j.base
-		found := false
-		for i, s := range segs {
+		pos, found := n-j.base, false
+		for i, s := range all {
 			if pos >= s.first && pos < s.next {
 				todo[i], found = true, true
 				break
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("rewrite record %d: %w", n, errTailSegment)
+			return nil, fmt.Errorf("rewrite record %d: %w", n, errNotFound)
 		}
 	}
+	tail := todo[len(all)-1]
+	if tail {
+		if err := j.log.Close(); err != nil { // it syncs the tail first
+			return nil, j.fail(fmt.Errorf("rewrite: close: %w", err))
+		}
+		j.log = nil
+	}
 	var done []string
-	for i := range segs {
+	for i := range all {
 		if !todo[i] {
 			continue
 		}
-		s := segs[i]
+		s := all[i]
 		data, err := os.ReadFile(s.path)
 		if err != nil {
-			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+			return done, j.fail(fmt.Errorf("rewrite %s: %w", s.path, err))
 		}
 		sc := j.scanSegment(data, s.first)
 		var out []byte
 		for pos := s.first; pos < s.next; pos++ {
 			p, ok := fix[pos+j.base]
 			if !ok {
-				if p, ok = sc.good[pos]; !ok {
-					return done, fmt.Errorf("rewrite %s: record %d is bad and no good copy was given: %w", s.path, pos+j.base, errJournalCorrupt)
-				}
+				p = sc.good[pos] // nil for a bad one: a hole
 			}
 			rec := appendRecord(nil, pos, pos, p)
 			out = binary.AppendUvarint(out, uint64(len(rec)))
@@ -929,15 +971,24 @@ func (j *journal) RewriteRecords(fix map[uint64][]byte) ([]string, error) {
 		}
 		tmp := s.path + ".rewrite"
 		if err := writeFileSync(tmp, out); err != nil {
-			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+			return done, j.fail(fmt.Errorf("rewrite %s: %w", s.path, err))
 		}
 		if err := os.Rename(tmp, s.path); err != nil {
-			return done, fmt.Errorf("rewrite %s: %w", s.path, err)
+			return done, j.fail(fmt.Errorf("rewrite %s: %w", s.path, err))
 		}
 		if err := syncDir(j.dir); err != nil {
 			return done, j.fail(fmt.Errorf("rewrite %s: sync dir: %w", s.path, err))
 		}
 		done = append(done, filepath.Join(filepath.Base(j.dir), filepath.Base(s.path)))
+	}
+	if tail {
+		l, err := wal.Open(j.dir, j.walOptions())
+		if err != nil {
+			return done, j.fail(fmt.Errorf("rewrite: reopen: %w", err))
+		}
+		j.log = l
+		j.segCount, j.segBytes = segmentStats(j.dir)
+		return done, nil
 	}
 	if err := j.log.ClearCache(); err != nil {
 		return done, j.fail(fmt.Errorf("rewrite: clear cache: %w", err))

@@ -559,12 +559,15 @@ func TestJournalCorruptRecord(t *testing.T) {
 			if bad, _ := j.ScanClosed(seg); len(bad) != 0 {
 				t.Fatalf("after the rewrite the scan finds %v bad", bad)
 			}
-			if _, err := j.RewriteRecords(map[uint64][]byte{40: []byte("x")}); !errors.Is(err, errTailSegment) {
+			// The tail segment too, with the log reopened around it.
+			if _, err := j.RewriteRecords(map[uint64][]byte{40: journalPayload(40)}); err != nil {
 				t.Fatalf("rewrite in the tail segment: %v", err)
 			}
+			appendJournalRecords(t, j, 41, 41)
+			checkJournalRecords(t, j, 1, 41)
 			j.Close()
 			j = openTestJournal(t, dir, opts)
-			checkJournalRecords(t, j, 1, 40)
+			checkJournalRecords(t, j, 1, 41)
 		})
 	}
 }
@@ -811,4 +814,72 @@ func TestJournalConcurrentReadsAcrossSegments(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestJournalEmptyTailSegment: right after a batch fills a segment the
+// newest file is empty; bad records at the end of the one before it are
+// still found and told apart (here a torn last record).
+func TestJournalEmptyTailSegment(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var reports []tailDamage
+	opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
+		reports = append(reports, d)
+		return false, nil
+	}}
+	j := openTestJournal(t, dir, opts)
+	appendJournalRecords(t, j, 1, 4)
+	j.Close()
+	path := newestSegment(t, dir)
+	data, _ := os.ReadFile(path)
+	data[len(data)-1] ^= 0x01 // record 4
+	if err := os.WriteFile(path, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00000000000000000005"), nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	j = openTestJournal(t, dir, opts)
+	if len(reports) != 1 || reports[0].From != 4 || reports[0].Damaged {
+		t.Fatalf("reports %+v, want a torn record 4", reports)
+	}
+	checkJournalRecords(t, j, 1, 3)
+	appendJournalRecords(t, j, 4, 5)
+	checkJournalRecords(t, j, 1, 5)
+}
+
+// TestJournalRewriteKeepsOtherDamage: a rewrite of one bad record of a
+// segment that holds another keeps the other as a hole, still bad, for a
+// rewrite of its own.
+func TestJournalRewriteKeepsOtherDamage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts := journalOptions{SegmentSize: smallSegments}
+	j := openTestJournal(t, dir, opts)
+	appendJournalRecords(t, j, 1, 40)
+	j.Close()
+	j = openTestJournal(t, dir, opts)
+	seg := j.closedSegments()[1]
+	data, _ := os.ReadFile(seg.path)
+	starts, _ := segmentRecordOffsets(t, data)
+	if len(starts) < 4 {
+		t.Fatalf("segment holds %d records", len(starts))
+	}
+	data[starts[1]-1] ^= 0x01 // the last byte of the first record
+	data[starts[3]-1] ^= 0x01 // and of the third
+	if err := os.WriteFile(seg.path, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	j.log.ClearCache()
+	a, b := seg.first, seg.first+2
+	if _, err := j.RewriteRecords(map[uint64][]byte{a: journalPayload(int(a))}); err != nil {
+		t.Fatalf("rewrite %d: %v", a, err)
+	}
+	if _, err := j.Read(b); !errors.Is(err, errJournalCorrupt) {
+		t.Fatalf("read %d after rewriting %d: %v, want it still bad", b, a, err)
+	}
+	if _, err := j.RewriteRecords(map[uint64][]byte{b: journalPayload(int(b))}); err != nil {
+		t.Fatalf("rewrite %d: %v", b, err)
+	}
+	checkJournalRecords(t, j, 1, 40)
 }
