@@ -22,6 +22,9 @@ import (
 //	slot value: slot, ballot round, ballot node, value
 //	accept:     'A' (1 byte), from, ballot round, ballot node, commit, count, slot values
 //	forward:    'F' (1 byte), from, value
+//	catch-up:   'C' (1 byte), cluster (length, bytes), through, compacted (1 byte),
+//	            first, first slot, count, slot values (the reply, to a request
+//	            that asks for it with "binary": true)
 //	record:     'R' (1 byte), kind (1 byte: 'p', 'a', 'c' or 's'), promised round,
 //	            promised node, floor, count, slot values, and for 'c' floor index
 //	            (checkpoints of older builds end before it)
@@ -32,6 +35,7 @@ const (
 	tagAccept  = 'A'
 	tagForward = 'F'
 	tagRecord  = 'R'
+	tagCatchup = 'C'
 )
 
 // minEntryBytes is the least an encoded entry takes (id and two lengths):
@@ -124,6 +128,39 @@ func (m *ForwardReq) UnmarshalBinary(p []byte) error {
 	d.tag(tagForward)
 	*m = ForwardReq{From: d.node(), Entries: d.value().Entries}
 	return d.end("forward")
+}
+
+// MarshalBinary encodes m in the binary form: 'C' (1 byte), len(cluster),
+// cluster, through, compacted (0 or 1), first, first slot, slot values.
+func (m CatchupResp) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, 48+len(m.Cluster)+valuesSize(m.Values))
+	b = append(b, tagCatchup)
+	b = binary.AppendUvarint(b, uint64(len(m.Cluster)))
+	b = append(b, m.Cluster...)
+	b = binary.AppendUvarint(b, uint64(m.Through))
+	compacted := byte(0)
+	if m.Compacted {
+		compacted = 1
+	}
+	b = append(b, compacted)
+	b = binary.AppendUvarint(b, uint64(m.First))
+	b = binary.AppendUvarint(b, uint64(m.FirstSlot))
+	return appendSlotValues(b, m.Values), nil
+}
+
+// UnmarshalBinary decodes the binary form, or JSON (what builds before
+// the binary form answer).
+func (m *CatchupResp) UnmarshalBinary(p []byte) error {
+	if isJSON(p) {
+		return json.Unmarshal(p, m)
+	}
+	d := decoder{b: p}
+	d.tag(tagCatchup)
+	*m = CatchupResp{Cluster: string(d.bytes(d.uvarint())), Through: Slot(d.uvarint())}
+	m.Compacted = d.byte() == 1
+	m.First, m.FirstSlot = Index(d.uvarint()), Slot(d.uvarint())
+	m.Values = d.slotValues()
+	return d.end("catch-up reply")
 }
 
 // encode returns r in the binary form.

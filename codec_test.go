@@ -57,6 +57,25 @@ func TestCodecRoundTrip(t *testing.T) {
 			t.Fatalf("forward round trip:\n got %+v\nwant %+v", gotFwd, fwd)
 		}
 
+		cu := CatchupResp{Through: Slot(rng.Uint64()), Compacted: rng.Intn(2) == 0, First: Index(rng.Intn(1000)),
+			FirstSlot: Slot(rng.Intn(1000)), Values: randomSlotValues(rng, rng.Intn(4))}
+		if rng.Intn(2) == 0 {
+			cu.Cluster = newClusterID()
+		}
+		body, _ = cu.MarshalBinary()
+		var gotCu CatchupResp
+		if err := gotCu.UnmarshalBinary(body); err != nil {
+			t.Fatalf("catch-up reply: %v", err)
+		}
+		if !reflect.DeepEqual(gotCu, cu) {
+			t.Fatalf("catch-up reply round trip:\n got %+v\nwant %+v", gotCu, cu)
+		}
+		js, _ := json.Marshal(cu)
+		gotCu = CatchupResp{}
+		if err := gotCu.UnmarshalBinary(js); err != nil || !reflect.DeepEqual(gotCu, cu) {
+			t.Fatalf("catch-up reply from JSON: %v\n got %+v\nwant %+v", err, gotCu, cu)
+		}
+
 		rec := acceptorRecord{Kind: string("pac"[rng.Intn(3)]), Promised: Ballot{Round: rng.Uint64(), Node: 3},
 			Floor: Slot(rng.Intn(100)), Values: randomSlotValues(rng, rng.Intn(4))}
 		gotRec, err := decodeAcceptorRecord(rec.encode())

@@ -650,8 +650,19 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 		}
 		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1}, nil
 	}
-	// Binary search for the first index whose slot >= from.
+	// The first index whose slot >= from. A requester that holds every
+	// entry of the slots before from (and nothing else) names it: next,
+	// its own last index + 1 (L2). Checked with the two records around
+	// it; a binary search otherwise, which reads across the whole log
+	// (each read of another segment loads all of it).
 	lo, hi := first, last+1
+	if next > first && next <= last {
+		before, err1 := l.slotOf(next - 1)
+		at, err2 := l.slotOf(next)
+		if err1 == nil && err2 == nil && before < from && at >= from {
+			lo, hi = next, next
+		}
+	}
 	for lo < hi {
 		mid := lo + (hi-lo)/2
 		s, err := l.slotOf(mid)
@@ -784,7 +795,7 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		}
 		cctx, cancel := context.WithTimeout(ctx, l.n.cfg.RequestTimeout)
 		var resp CatchupResp
-		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Index: next, Max: catchupBatch}, &resp)
+		err := l.n.call(cctx, peer, methodCatchup, CatchupReq{From: l.n.cfg.ID, Slot: from, Index: next, Max: catchupBatch, Binary: true}, &resp)
 		cancel()
 		if err == nil && resp.Cluster != "" {
 			l.n.adoptCluster(resp.Cluster, fmt.Sprintf("catch-up from node %d", peer))

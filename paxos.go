@@ -272,6 +272,9 @@ type CatchupReq struct {
 	Slot  Slot   `json:"slot"`
 	Index Index  `json:"index"`
 	Max   int    `json:"max"`
+	// Binary asks for the reply in the binary form (codec.go); builds
+	// before it answer JSON, which the reply's decoder takes too.
+	Binary bool `json:"binary,omitempty"`
 }
 
 // CatchupResp carries chosen values for slots in [req.Slot, Through]; a
@@ -771,7 +774,12 @@ func (n *Node) callEncoded(ctx context.Context, to NodeID, method string, req an
 		n.metrics.peerErrors.WithLabelValues(strconv.Itoa(int(to)), method).Inc()
 		return fmt.Errorf("%s to %d: %w", method, to, err)
 	}
-	if err := json.Unmarshal(out, resp); err != nil {
+	if u, ok := resp.(encoding.BinaryUnmarshaler); ok {
+		err = u.UnmarshalBinary(out) // a reply that may come in the binary form (catch-up)
+	} else {
+		err = json.Unmarshal(out, resp)
+	}
+	if err != nil {
 		return fmt.Errorf("%s to %d: decode reply: %w", method, to, err)
 	}
 	return nil
@@ -858,6 +866,10 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			var r CatchupResp
 			r, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
 			r.Cluster = n.ClusterID()
+			if err == nil && req.Binary {
+				out, err = r.MarshalBinary()
+				return out, nil, err
+			}
 			resp = r
 		}
 	case methodSums:
