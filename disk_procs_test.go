@@ -115,6 +115,18 @@ func (pc *procCluster) nodeLog(id NodeID) string {
 	return b.String()
 }
 
+// newProcClusterDumped is newProcCluster whose nodes' logs are printed if
+// the test fails.
+func newProcClusterDumped(t *testing.T, size int) *procCluster {
+	pc := newProcCluster(t, size)
+	t.Cleanup(func() {
+		if t.Failed() {
+			pc.dumpLogs()
+		}
+	})
+	return pc
+}
+
 // TestRealProcessesLostDisk is the sequence that lost 50 acknowledged
 // entries before rebuilds, with real processes and SIGKILL: node 3 stopped,
 // 50 appends through node 1, nodes 1 and 2 killed, node 2's --data
@@ -125,12 +137,7 @@ func TestRealProcessesLostDisk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real binaries")
 	}
-	pc := newProcCluster(t, 3)
-	defer func() {
-		if t.Failed() {
-			pc.dumpLogs()
-		}
-	}()
+	pc := newProcClusterDumped(t, 3)
 	pc.waitServing(1, 2, 3)
 	pc.kill(3)
 	acked := map[Index]string{}
@@ -195,12 +202,7 @@ func TestRealProcessesDamagedFiles(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real binaries")
 	}
-	pc := newProcCluster(t, 3)
-	defer func() {
-		if t.Failed() {
-			pc.dumpLogs()
-		}
-	}()
+	pc := newProcClusterDumped(t, 3)
 	pc.waitServing(1, 2, 3)
 	st, err := pc.status(1)
 	if err != nil {

@@ -39,6 +39,19 @@ func diskWhole(n *Node) bool {
 	return damaged == 0 && len(l.gaps) == 0 && l.relearn == 0
 }
 
+// syncedThrough waits until node id has applied through index last and
+// syncs its client log, so that a crash keeps all of it.
+func (c *testCluster) syncedThrough(id NodeID, last Index) {
+	c.t.Helper()
+	waitFor(c.t, 5*time.Second, fmt.Sprintf("node %d to apply through %d", id, last), func() bool {
+		_, l := c.node(id).learner.Bounds()
+		return l >= last
+	})
+	if _, _, err := c.node(id).learner.durableApplied(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // waitPhase waits until node id runs in phase ph.
 func (c *testCluster) waitPhase(id NodeID, ph phase, d time.Duration) {
 	c.t.Helper()
@@ -406,13 +419,7 @@ func TestDamagedLogRecordRepaired(t *testing.T) {
 		c.mustAppend(leader, fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", 40)))
 	}
 	victim := leader%3 + 1
-	waitFor(t, 5*time.Second, "the victim to apply every entry", func() bool {
-		_, last := c.node(victim).learner.Bounds()
-		return last == 120
-	})
-	if _, _, err := c.node(victim).learner.durableApplied(); err != nil { // synced: a crash keeps it
-		t.Fatal(err)
-	}
+	c.syncedThrough(victim, 120)
 	c.crash(victim)
 	bad := damageClosedRecord(t, filepath.Join(c.dirs[victim], "log"), 2)
 	c.start(victim)
@@ -540,13 +547,7 @@ func TestReplicaCheckFindsDivergence(t *testing.T) {
 	}
 	c.check()
 	victim := leader%3 + 1
-	waitFor(t, 5*time.Second, "the victim to apply every entry", func() bool {
-		_, last := c.node(victim).learner.Bounds()
-		return last == 100
-	})
-	if _, _, err := c.node(victim).learner.durableApplied(); err != nil {
-		t.Fatal(err)
-	}
+	c.syncedThrough(victim, 100)
 	c.crash(victim)
 	forgeLog(t, filepath.Join(c.dirs[victim], "log"), 57, `"forged"`)
 	c.start(victim)
@@ -583,13 +584,7 @@ func TestTwoDamagedRecordsInOneSegment(t *testing.T) {
 		c.mustAppend(leader, fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("q", 40)))
 	}
 	victim := leader%3 + 1
-	waitFor(t, 5*time.Second, "the victim to apply every entry", func() bool {
-		_, last := c.node(victim).learner.Bounds()
-		return last == 120
-	})
-	if _, _, err := c.node(victim).learner.durableApplied(); err != nil {
-		t.Fatal(err)
-	}
+	c.syncedThrough(victim, 120)
 	c.crash(victim)
 	a := damageClosedRecord(t, filepath.Join(c.dirs[victim], "log"), 1)
 	b := damageClosedRecord(t, filepath.Join(c.dirs[victim], "log"), 4)

@@ -102,6 +102,16 @@ func walBinaryEntry(body []byte) []byte {
 	return append(binary.AppendUvarint(nil, uint64(len(body))), body...)
 }
 
+// tailRecorder returns journal options whose OnTailDamage records every
+// report and answers keep.
+func tailRecorder(keep bool) (journalOptions, *[]tailDamage) {
+	reports := new([]tailDamage)
+	return journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
+		*reports = append(*reports, d)
+		return keep, nil
+	}}, reports
+}
+
 func TestJournalSurvivesReopen(t *testing.T) {
 	t.Parallel()
 	for _, size := range []int{0, smallSegments} {
@@ -294,11 +304,8 @@ func TestJournalRepairsTail(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
 					dir := t.TempDir()
-					var reports []tailDamage
-					opts := journalOptions{SegmentSize: size, OnTailDamage: func(d tailDamage) (bool, error) {
-						reports = append(reports, d)
-						return false, nil
-					}}
+					opts, rep := tailRecorder(false)
+					opts.SegmentSize = size
 					j := openTestJournal(t, dir, opts)
 					appendJournalRecords(t, j, 1, records)
 					if err := j.Close(); err != nil {
@@ -312,8 +319,8 @@ func TestJournalRepairsTail(t *testing.T) {
 					if got := j.Synced(); got != uint64(want) {
 						t.Errorf("synced after repair = %d, want %d", got, want)
 					}
-					if len(reports) != 1 || reports[0].Damaged || reports[0].From != uint64(want+1) {
-						t.Errorf("tail reports %+v, want one torn tail from %d", reports, want+1)
+					if len((*rep)) != 1 || (*rep)[0].Damaged || (*rep)[0].From != uint64(want+1) {
+						t.Errorf("tail (*rep) %+v, want one torn tail from %d", (*rep), want+1)
 					}
 					appendJournalRecords(t, j, want+1, want+3)
 					if err := j.Sync(); err != nil {
@@ -325,8 +332,8 @@ func TestJournalRepairsTail(t *testing.T) {
 
 					j = openTestJournal(t, dir, opts)
 					checkJournalRecords(t, j, 1, want+3)
-					if len(reports) != 1 {
-						t.Errorf("a clean reopen reported %+v", reports[1:])
+					if len((*rep)) != 1 {
+						t.Errorf("a clean reopen reported %+v", (*rep)[1:])
 					}
 				})
 			}
@@ -374,11 +381,7 @@ func TestJournalDamagedTail(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			var reports []tailDamage
-			opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
-				reports = append(reports, d)
-				return false, nil
-			}}
+			opts, rep := tailRecorder(false)
 			j := openTestJournal(t, dir, opts)
 			group := strings.HasPrefix(tc.name, "group:")
 			for n := 1; n <= 8; n++ { // each synced before the next
@@ -408,10 +411,10 @@ func TestJournalDamagedTail(t *testing.T) {
 				t.Fatal(err)
 			}
 			j = openTestJournal(t, dir, opts)
-			if len(reports) != 1 || reports[0].Damaged != tc.damaged || reports[0].From != tc.from || reports[0].Segment != path {
-				t.Fatalf("reports %+v, want one from %d in %s, damaged %v", reports, tc.from, path, tc.damaged)
+			if len((*rep)) != 1 || (*rep)[0].Damaged != tc.damaged || (*rep)[0].From != tc.from || (*rep)[0].Segment != path {
+				t.Fatalf("(*rep) %+v, want one from %d in %s, damaged %v", (*rep), tc.from, path, tc.damaged)
 			}
-			if d := reports[0]; tc.from < 9 && d.Through != 9 {
+			if d := (*rep)[0]; tc.from < 9 && d.Through != 9 {
 				t.Fatalf("report %+v: the seal is a good record after the damage", d)
 			}
 			checkJournalRecords(t, j, 1, int(tc.from)-1)
@@ -438,11 +441,7 @@ func TestJournalDamagedTail(t *testing.T) {
 func TestJournalKeepsGoodRecordsAfterDamage(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	var reports []tailDamage
-	opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
-		reports = append(reports, d)
-		return true, nil
-	}}
+	opts, rep := tailRecorder(true)
 	j := openTestJournal(t, dir, opts)
 	for n := 1; n <= 9; n++ {
 		appendJournalRecords(t, j, n, n)
@@ -463,8 +462,8 @@ func TestJournalKeepsGoodRecordsAfterDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	j = openTestJournal(t, dir, opts)
-	if len(reports) != 1 || !reports[0].Damaged || !reflect.DeepEqual(reports[0].Holes, []uint64{3, 6}) || reports[0].Through != 9 {
-		t.Fatalf("reports %+v, want damage with holes at 3 and 6 through 9", reports)
+	if len((*rep)) != 1 || !(*rep)[0].Damaged || !reflect.DeepEqual((*rep)[0].Holes, []uint64{3, 6}) || (*rep)[0].Through != 9 {
+		t.Fatalf("(*rep) %+v, want damage with holes at 3 and 6 through 9", (*rep))
 	}
 	if first, last := j.Bounds(); first != 1 || last != 9 {
 		t.Fatalf("bounds %d..%d, want 1..9", first, last)
@@ -482,8 +481,8 @@ func TestJournalKeepsGoodRecordsAfterDamage(t *testing.T) {
 	j.Close()
 	j = openTestJournal(t, dir, opts)
 	checkJournalRecords(t, j, 1, 12)
-	if len(reports) != 1 {
-		t.Fatalf("a clean reopen reported %+v", reports[1:])
+	if len((*rep)) != 1 {
+		t.Fatalf("a clean reopen reported %+v", (*rep)[1:])
 	}
 }
 
@@ -822,11 +821,7 @@ func TestJournalConcurrentReadsAcrossSegments(t *testing.T) {
 func TestJournalEmptyTailSegment(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	var reports []tailDamage
-	opts := journalOptions{OnTailDamage: func(d tailDamage) (bool, error) {
-		reports = append(reports, d)
-		return false, nil
-	}}
+	opts, rep := tailRecorder(false)
 	j := openTestJournal(t, dir, opts)
 	appendJournalRecords(t, j, 1, 4)
 	j.Close()
@@ -840,8 +835,8 @@ func TestJournalEmptyTailSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	j = openTestJournal(t, dir, opts)
-	if len(reports) != 1 || reports[0].From != 4 || reports[0].Damaged {
-		t.Fatalf("reports %+v, want a torn record 4", reports)
+	if len((*rep)) != 1 || (*rep)[0].From != 4 || (*rep)[0].Damaged {
+		t.Fatalf("(*rep) %+v, want a torn record 4", (*rep))
 	}
 	checkJournalRecords(t, j, 1, 3)
 	appendJournalRecords(t, j, 4, 5)
