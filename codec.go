@@ -23,8 +23,9 @@ import (
 //	accept:     'A' (1 byte), from, ballot round, ballot node, commit, count, slot values
 //	forward:    'F' (1 byte), from, value
 //	catch-up:   'C' (1 byte), cluster (length, bytes), through, compacted (1 byte),
-//	            first, first slot, count, slot values (the reply, to a request
-//	            that asks for it with "binary": true)
+//	            first, first slot, count, slot values, membership (length, JSON;
+//	            0: none) (the reply, to a request that asks for it with
+//	            "binary": true)
 //	record:     'R' (1 byte), kind (1 byte: 'p', 'a', 'c' or 's'), promised round,
 //	            promised node, floor, count, slot values, and for 'c' floor index
 //	            (checkpoints of older builds end before it)
@@ -145,7 +146,16 @@ func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b = append(b, compacted)
 	b = binary.AppendUvarint(b, uint64(m.First))
 	b = binary.AppendUvarint(b, uint64(m.FirstSlot))
-	return appendSlotValues(b, m.Values), nil
+	b = appendSlotValues(b, m.Values)
+	var mem []byte
+	if m.Membership != nil {
+		var err error
+		if mem, err = json.Marshal(m.Membership); err != nil {
+			return nil, err
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(mem)))
+	return append(b, mem...), nil
 }
 
 // UnmarshalBinary decodes the binary form, or JSON (what builds before
@@ -160,6 +170,12 @@ func (m *CatchupResp) UnmarshalBinary(p []byte) error {
 	m.Compacted = d.byte() == 1
 	m.First, m.FirstSlot = Index(d.uvarint()), Slot(d.uvarint())
 	m.Values = d.slotValues()
+	if mem := d.bytes(d.uvarint()); len(mem) > 0 && d.err == nil {
+		m.Membership = new(membership)
+		if err := json.Unmarshal(mem, m.Membership); err != nil {
+			d.fail(fmt.Errorf("membership: %w", err))
+		}
+	}
 	return d.end("catch-up reply")
 }
 

@@ -42,7 +42,7 @@ func startHTTPCluster(tb testing.TB, size int, key string, tweak func(*Config)) 
 	lns, members := loopbackListeners(tb, size, "http", hc.urls)
 	dir := tb.TempDir()
 	for _, id := range members {
-		cfg := Config{ID: id, Members: members, DataDir: filepath.Join(dir, fmt.Sprint(id)),
+		cfg := Config{ID: id, Members: members, PeerURLs: hc.urls, DataDir: filepath.Join(dir, fmt.Sprint(id)),
 			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, RequestTimeout: 5 * time.Second}
 		if tweak != nil {
 			tweak(&cfg)

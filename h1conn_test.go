@@ -63,7 +63,7 @@ func TestPeerTransportReusesConnections(t *testing.T) {
 	ps := startPeerServer(t, "127.0.0.1:0")
 	tr := newHTTPTransport(map[NodeID]string{2: "http://" + ps.ln.Addr().String() + "/base/"}, "sekrit")
 	defer tr.closeIdle()
-	if tr.pools[2] == nil {
+	if tr.set.Load().pools[2] == nil {
 		t.Fatal("no connection pool for a plain http peer")
 	}
 	ctx := context.Background()
@@ -83,17 +83,17 @@ func TestPeerTransportReusesConnections(t *testing.T) {
 	if n := ps.conns.Load(); n != 2 {
 		t.Errorf("100 sequential calls used %d connections, want 2", n)
 	}
-	if tr.pools[2].streams.on() {
+	if tr.set.Load().pools[2].streams.on() {
 		t.Error("streams still on for a peer that refused the upgrade")
 	}
 	// After streamRetry the next call asks again (one more connection),
 	// and is answered all the same.
-	tr.pools[2].streams.offUntil.Store(time.Now().UnixNano())
+	tr.set.Load().pools[2].streams.offUntil.Store(time.Now().UnixNano())
 	if out, err := tr.Call(ctx, 2, "learn", []byte(`{}`)); err != nil || !strings.HasPrefix(string(out), "learn|") {
 		t.Fatalf("call after the retry period: %q, %v", out, err)
 	}
-	if n := ps.conns.Load(); n != 3 || tr.pools[2].streams.on() {
-		t.Errorf("after the retry period: %d connections (want 3), streams on %v (want off)", n, tr.pools[2].streams.on())
+	if n := ps.conns.Load(); n != 3 || tr.set.Load().pools[2].streams.on() {
+		t.Errorf("after the retry period: %d connections (want 3), streams on %v (want off)", n, tr.set.Load().pools[2].streams.on())
 	}
 	bin, _ := AcceptReq{From: 1}.MarshalBinary()
 	out, err := tr.Call(ctx, 2, "accept", bin)

@@ -88,6 +88,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 	v1.GET("/log/:index", s.readOne)
 	v1.GET("/feed", s.feed)
 	v1.GET("/status", func(c echo.Context) error { return c.JSON(http.StatusOK, n.Status()) })
+	v1.GET("/members", func(c echo.Context) error { return c.JSON(http.StatusOK, n.Members()) })
 
 	admin := v1.Group("/admin", s.requireKey)
 	admin.POST("/compact", s.compact)
@@ -368,13 +369,20 @@ func (s *server) peer(method string) echo.HandlerFunc {
 // connections of its own (h1conn.go), or through net/http for a peer
 // that an HTTP proxy from the environment applies to.
 type httpTransport struct {
-	client *http.Client
-	pools  map[NodeID]*peerPool // no entry: through client
-	peers  map[NodeID]string    // base URL per member
-	key    string
+	client  *http.Client
+	key     string
+	tlsConf *tls.Config
+	set     atomic.Pointer[peerSet] // replaced whole when the members change
 	// cluster is the identity this node declares on every request
 	// (clusterHeader); "" until known.
 	cluster atomic.Pointer[string]
+}
+
+// peerSet is where the transport reaches each member. It never changes
+// once made.
+type peerSet struct {
+	urls  map[NodeID]string    // base URL per member
+	pools map[NodeID]*peerPool // no entry: through client
 }
 
 // setCluster sets the identity the transport declares, and closes the
@@ -410,29 +418,54 @@ func newPeerTransport(peers map[NodeID]string, key string, tlsConf *tls.Config) 
 		tr.TLSClientConfig = tlsConf.Clone()
 		tr.ForceAttemptHTTP2 = false
 	}
-	t := &httpTransport{client: &http.Client{Transport: tr}, pools: make(map[NodeID]*peerPool), peers: peers, key: key}
-	for id, base := range peers {
+	t := &httpTransport{client: &http.Client{Transport: tr}, key: key, tlsConf: tlsConf}
+	t.setPeers(peers)
+	return t
+}
+
+// setPeers makes urls where the transport reaches the members from now on
+// (the membership changed): a member whose URL stays keeps its pool.
+func (t *httpTransport) setPeers(urls map[NodeID]string) {
+	old := t.set.Load()
+	s := &peerSet{urls: make(map[NodeID]string, len(urls)), pools: make(map[NodeID]*peerPool)}
+	tr := t.client.Transport.(*http.Transport)
+	for id, base := range urls {
+		s.urls[id] = base
+		if old != nil && old.urls[id] == base {
+			if p := old.pools[id]; p != nil {
+				s.pools[id] = p
+			}
+			continue
+		}
 		if req, err := http.NewRequest(http.MethodPost, base, nil); err == nil {
 			if proxy, err := tr.Proxy(req); err == nil && proxy != nil {
-				continue
+				continue // through net/http and its proxy
 			}
 		}
-		if pool, err := newPeerPool(base, key, tlsConf, t.clusterID); err == nil {
-			t.pools[id] = pool
+		if pool, err := newPeerPool(base, t.key, t.tlsConf, t.clusterID); err == nil {
+			s.pools[id] = pool
 		}
 	}
-	return t
+	t.set.Store(s)
+	if old != nil {
+		for id, p := range old.pools {
+			if s.pools[id] != p {
+				p.closeIdle()
+			}
+		}
+	}
 }
 
 // Call implements Transport.
 func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body []byte) ([]byte, error) {
-	base, ok := t.peers[to]
+	set := t.set.Load()
+	base, ok := set.urls[to]
 	if !ok {
 		return nil, fmt.Errorf("no address for node %d", to)
 	}
 	var status int
 	var out []byte
-	if pool := t.pools[to]; pool != nil {
+	if pool := set.pools[to]; pool != nil {
 		var err error
 		if status, out, err = pool.call(ctx, method, body); err != nil {
 			return nil, err
@@ -471,7 +504,7 @@ func (t *httpTransport) Call(ctx context.Context, to NodeID, method string, body
 
 // closeIdle closes the idle peer connections.
 func (t *httpTransport) closeIdle() {
-	for _, pool := range t.pools {
+	for _, pool := range t.set.Load().pools {
 		pool.closeIdle()
 	}
 	t.client.CloseIdleConnections()

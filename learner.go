@@ -472,10 +472,21 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 }
 
 // applySystem applies a system entry of slot. The first genesis entry in
-// the log gives the cluster its identity; any later one is ignored.
+// the log gives the cluster its identity and first membership; any later
+// one is ignored. A membership entry sets the membership.
 func (l *Learner) applySystem(slot Slot, e Entry) {
-	if c := genesisOf(e); c != "" && l.n.ClusterID() == "" {
-		l.n.adoptCluster(c, fmt.Sprintf("genesis entry in slot %d", slot))
+	v, ok := decodeSystem(e)
+	if !ok {
+		return
+	}
+	if v.Genesis != "" {
+		if l.n.ClusterID() != "" {
+			return
+		}
+		l.n.adoptCluster(v.Genesis, fmt.Sprintf("genesis entry in slot %d", slot))
+	}
+	if len(v.Members) > 0 {
+		l.n.adoptMembership(newMembership(v.Members, slot, v.Removed))
 	}
 }
 
@@ -805,6 +816,9 @@ func (l *Learner) catchUp(ctx context.Context) error {
 				l.n.fatal(err)
 				return err
 			}
+			if resp.Membership != nil {
+				l.n.adoptMembership(resp.Membership)
+			}
 			continue
 		}
 		if err != nil {
@@ -832,6 +846,9 @@ func (l *Learner) catchUp(ctx context.Context) error {
 			vals = append(vals, SlotValue{Slot: s, Value: byslot[s]})
 		}
 		l.chosen(vals...)
+		if resp.Membership != nil {
+			l.n.adoptMembership(resp.Membership)
+		}
 	}
 }
 

@@ -164,6 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	for id := range o.peers {
 		o.node.Members = append(o.node.Members, id)
 	}
+	o.node.PeerURLs = o.peers
 	sort.Slice(o.node.Members, func(i, j int) bool { return o.node.Members[i] < o.node.Members[j] })
 	if o.node.DataDir == "" {
 		o.node.DataDir = filepath.Join("paxoslog-data", strconv.Itoa(int(o.node.ID)))
@@ -239,6 +240,8 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	defer node.Close()
 	transport.setCluster(node.ClusterID())
 	node.onIdentity = func() { transport.setCluster(node.ClusterID()) }
+	transport.setPeers(node.peerURLs()) // the membership recorded in --data may name others than --peers
+	node.onMembership = func(*membership) { transport.setPeers(node.peerURLs()) }
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -118,33 +117,32 @@ type Entry struct {
 // a slot's place in its value, and no index. Their ids begin with four
 // 0xff bytes, which no client entry's can (its first four bytes are a
 // node id, below 2^31). The one kind so far is the genesis entry, whose
-// data {"genesis":"<id>"} names the cluster's identity (recovery.go).
+// data {"genesis":"<id>","members":[...]} names the cluster's identity
+// and its first membership (recovery.go, membership.go).
 var systemIDPrefix = [4]byte{0xff, 0xff, 0xff, 0xff}
 
 // isSystem reports whether e is a system entry.
 func (e Entry) isSystem() bool { return [4]byte(e.ID[:4]) == systemIDPrefix }
 
-// genesisEntry is the system entry that gives the cluster the identity id.
-func genesisEntry(id string) Entry {
+// systemEntry is a system entry with the data v.
+func systemEntry(v membersValue) Entry {
 	var e Entry
 	copy(e.ID[:], systemIDPrefix[:])
 	binary.BigEndian.PutUint64(e.ID[4:12], randomUint64())
-	e.Data = []byte(`{"genesis":"` + id + `"}`)
+	e.Data, _ = json.Marshal(v)
 	return e
+}
+
+// genesisEntry is the system entry that gives the cluster the identity id
+// and its first membership, m.
+func genesisEntry(id string, m *membership) Entry {
+	return systemEntry(membersValue{Genesis: id, Members: m.Members})
 }
 
 // genesisOf returns the identity a genesis entry names ("" if e is none).
 func genesisOf(e Entry) string {
-	if !e.isSystem() {
-		return ""
-	}
-	var g struct {
-		Genesis string `json:"genesis"`
-	}
-	if json.Unmarshal(e.Data, &g) != nil {
-		return ""
-	}
-	return g.Genesis
+	v, _ := decodeSystem(e)
+	return v.Genesis
 }
 
 // holdsGenesis reports whether any of the values holds a genesis entry.
@@ -282,15 +280,18 @@ type CatchupReq struct {
 // peer no longer holds what the requester needs: it should continue from
 // the peer's first retained index First, whose slot is FirstSlot.
 type CatchupResp struct {
-	// Cluster is the responder's cluster identity: system entries are
-	// not in the client log it serves values from, so the genesis entry
-	// reaches a node that catches up past it this way.
-	Cluster   string      `json:"cluster,omitempty"`
-	Values    []SlotValue `json:"values,omitempty"`
-	Through   Slot        `json:"through"`
-	Compacted bool        `json:"compacted,omitempty"`
-	First     Index       `json:"first,omitempty"`
-	FirstSlot Slot        `json:"first_slot,omitempty"`
+	// Cluster is the responder's cluster identity, and Membership its
+	// membership if the slot that chose it is among those the requester
+	// applies with this reply: system entries are not in the client log
+	// the responder serves values from, so they reach a node that catches
+	// up past them this way.
+	Cluster    string      `json:"cluster,omitempty"`
+	Membership *membership `json:"membership,omitempty"`
+	Values     []SlotValue `json:"values,omitempty"`
+	Through    Slot        `json:"through"`
+	Compacted  bool        `json:"compacted,omitempty"`
+	First      Index       `json:"first,omitempty"`
+	FirstSlot  Slot        `json:"first_slot,omitempty"`
 }
 
 // ForwardReq hands client entries taken by a follower to the leader.
@@ -354,19 +355,26 @@ var (
 	ErrUnauthorized = errors.New("missing or wrong cluster key")
 )
 
-// quorum counts acknowledgements by sender, so a duplicated reply counts once.
+// quorum counts acknowledgements of voters by sender, so a duplicated
+// reply counts once and a non-voter's not at all.
 type quorum struct {
-	need int
-	acks map[NodeID]bool
+	need   int
+	voters []NodeID
+	acks   map[NodeID]bool
 }
 
-func newQuorum(members int) *quorum {
-	return &quorum{need: members/2 + 1, acks: make(map[NodeID]bool, members)}
+func newQuorum(voters []NodeID) *quorum {
+	return &quorum{need: len(voters)/2 + 1, voters: voters, acks: make(map[NodeID]bool, len(voters))}
 }
 
 // Add records an ack from id and reports whether a majority has acked.
 func (q *quorum) Add(id NodeID) bool {
-	q.acks[id] = true
+	for _, v := range q.voters {
+		if v == id {
+			q.acks[id] = true
+			break
+		}
+	}
 	return len(q.acks) >= q.need
 }
 
@@ -381,8 +389,11 @@ func (q *quorum) OneShort() bool { return len(q.acks)+1 == q.need }
 
 // Config is what a Node needs to run.
 type Config struct {
-	ID            NodeID
-	Members       []NodeID // every member, this node included
+	ID      NodeID
+	Members []NodeID // every member, this node included (the membership recorded in the data wins)
+	// PeerURLs is this node's view of the members' URLs (--peers), put
+	// in the first membership it proposes; nil in tests.
+	PeerURLs      map[NodeID]string
 	DataDir       string
 	MaxEntryBytes int
 
@@ -496,8 +507,13 @@ type Node struct {
 	// onIdentity, if set, runs once the node learns the cluster's
 	// identity (the HTTP transport re-opens its peer streams).
 	onIdentity func()
+	// onMembership, if set, runs when the membership changes (the HTTP
+	// transport learns the new members' URLs).
+	onMembership func(*membership)
 
 	check replicaCheck // check.go
+
+	mem atomic.Pointer[membership] // the membership this node goes by (membership.go)
 }
 
 // NewNode opens the node's state under cfg.DataDir. It does not start any
@@ -562,6 +578,7 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		acc.close()
 		return nil, err
 	}
+	n.mem.Store(n.startMembership())
 	n.setPhase(ph)
 	if ph == phaseRecovering {
 		n.metrics.recovering.Set(1)
@@ -585,8 +602,8 @@ func (n *Node) relPath(path string) string {
 	return path
 }
 
-// quorumSize is the number of nodes that make a majority.
-func (n *Node) quorumSize() int { return len(n.cfg.Members)/2 + 1 }
+// quorumSize is the number of voters that make a majority.
+func (n *Node) quorumSize() int { return n.config().quorum() }
 
 // Run runs the node's loops until ctx ends or a fatal error, then stops the
 // node. It returns the fatal error, if any.
@@ -866,6 +883,13 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			var r CatchupResp
 			r, err = n.learner.readChosen(req.Slot, req.Index, req.Max)
 			r.Cluster = n.ClusterID()
+			upTo := r.Through
+			if r.Compacted {
+				upTo = max(upTo, r.FirstSlot-1)
+			}
+			if m := n.config(); m.Slot > 0 && m.Slot <= upTo {
+				r.Membership = m
+			}
 			if err == nil && req.Binary {
 				out, err = r.MarshalBinary()
 				return out, nil, err
@@ -1104,6 +1128,7 @@ type Status struct {
 	Cluster    string       `json:"cluster"` // the cluster's identity; "" until known
 	State      string       `json:"state"`   // serving, discovering or recovering
 	Recovering bool         `json:"recovering"`
+	Member     bool         `json:"member"` // this node is in the membership it knows
 	Leader     NodeID       `json:"leader"`
 	Ballot     string       `json:"ballot"`
 	IsLeader   bool         `json:"is_leader"`
@@ -1123,11 +1148,11 @@ type Status struct {
 func (n *Node) Status() Status {
 	leader, ballot, isLeader := n.proposer.leaderInfo()
 	first, last := n.learner.Bounds()
-	members := append([]NodeID(nil), n.cfg.Members...)
-	sort.Slice(members, func(i, j int) bool { return members[i] < members[j] })
+	members := append([]NodeID(nil), n.config().ids()...)
 	ph := n.phase()
 	return Status{
-		ID: n.cfg.ID, Cluster: n.ClusterID(), State: ph.String(), Recovering: ph == phaseRecovering, Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
+		ID: n.cfg.ID, Cluster: n.ClusterID(), State: ph.String(), Recovering: ph == phaseRecovering,
+		Member: n.isMember(), Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
 		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
 		Members: members, Peers: n.proposer.peers(), DiskBytes: dirSize(n.cfg.DataDir),
 		Alarm: n.check.alarm(),

@@ -37,10 +37,10 @@ func TestBallotOrder(t *testing.T) {
 }
 
 func TestQuorumCountsSendersOnce(t *testing.T) {
-	q := newQuorum(5)
-	for _, id := range []NodeID{1, 1, 2, 2} {
+	q := newQuorum([]NodeID{1, 2, 3, 4, 5})
+	for _, id := range []NodeID{1, 1, 2, 2, 6, 7} {
 		if q.Add(id) {
-			t.Fatalf("majority of 5 reached after acks from %v", id)
+			t.Fatalf("majority of 5 reached after acks from %v (6 and 7 are no voters)", id)
 		}
 	}
 	if !q.Add(3) {

@@ -106,7 +106,7 @@ func TestPeerStreamCarriesClusterTraffic(t *testing.T) {
 		}
 	}
 	checkStreamsOnly(t, hc.trs)
-	pool := hc.trs[leader].pools[otherThan(leader)].streams
+	pool := hc.trs[leader].set.Load().pools[otherThan(leader)].streams
 	waitFor(t, 5*time.Second, "an idle stream from the leader to a follower", func() bool {
 		pool.mu.Lock()
 		defer pool.mu.Unlock()
@@ -175,7 +175,7 @@ func TestPeerStreamRedialsAfterPeerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close the serving side of every stream: what a restart does to them.
-	pool := tr.pools[to].streams
+	pool := tr.set.Load().pools[to].streams
 	pool.mu.Lock()
 	for _, c := range pool.idle {
 		c.Conn.(*net.TCPConn).CloseRead()
@@ -214,7 +214,7 @@ func otherThan(id NodeID) NodeID { return id%3 + 1 }
 func checkStreamsOnly(t *testing.T, trs map[NodeID]*httpTransport) {
 	t.Helper()
 	for id, tr := range trs {
-		for to, pool := range tr.pools {
+		for to, pool := range tr.set.Load().pools {
 			if !pool.streams.on() {
 				t.Errorf("node %d: streams to %d off", id, to)
 			}

@@ -69,6 +69,7 @@ const lazyOwnAcceptMinGap = 250 * time.Microsecond
 // stepping down and a new one is made for each ballot won. Guarded by
 // Proposer.mu.
 type leaderState struct {
+	mem         *membership // the membership this leadership decides slots under
 	ballot      Ballot
 	start       Slot // first slot this ballot decided (P3)
 	nextSlot    Slot // next slot for new values (P1)
@@ -132,7 +133,7 @@ func newProposer(n *Node) *Proposer {
 	}
 	p.maxRound = n.acceptor.Promised().Round
 	p.resetElectionLocked()
-	if len(n.cfg.Members) == 1 {
+	if len(n.config().voters()) == 1 && n.config().isVoter(n.cfg.ID) {
 		p.electionDeadline = time.Time{} // alone: lead at once
 	}
 	return p
@@ -218,11 +219,11 @@ func (p *Proposer) hasQuorumContactLocked(ls *leaderState, now time.Time) bool {
 	}
 	count := 1 // self
 	for id, t := range ls.contact {
-		if id != p.n.cfg.ID && now.Sub(t) < window {
+		if id != p.n.cfg.ID && now.Sub(t) < window && ls.mem.isVoter(id) {
 			count++
 		}
 	}
-	return count >= p.n.quorumSize()
+	return count >= ls.mem.quorum()
 }
 
 // flush moves work along: the leader proposes queued entries in new
@@ -380,7 +381,7 @@ func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 }
 
 func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue {
-	ls.inflight[s] = &proposal{value: v, acks: newQuorum(len(p.n.cfg.Members)), sent: time.Now()}
+	ls.inflight[s] = &proposal{value: v, acks: newQuorum(ls.mem.voters()), sent: time.Now()}
 	return SlotValue{Slot: s, Value: v}
 }
 
@@ -415,14 +416,14 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	// the peer's fsync, and a learn message sent meanwhile would only
 	// repeat what is on its way. Should the accept be lost, the next
 	// accept or heartbeat carries the commit.
-	for _, to := range p.n.cfg.Members {
+	for _, to := range ls.mem.voters() {
 		if commit > ls.sentCommit[to] {
 			ls.sentCommit[to] = commit
 		}
 	}
 	lazy := p.lazyOwnAcceptLocked(ls, vals)
 	p.mu.Unlock()
-	for _, to := range p.n.cfg.Members {
+	for _, to := range ls.mem.voters() {
 		if lazy && to == p.n.cfg.ID {
 			p.n.workers.Go(func() { p.acceptOwnLazily(ls, req, vals) })
 			continue
@@ -444,12 +445,12 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 func (p *Proposer) lazyOwnAcceptLocked(ls *leaderState, vals []SlotValue) bool {
 	now := time.Now()
 	fresh := 0
-	for _, id := range p.n.cfg.Members {
+	for _, id := range ls.mem.voters() {
 		if t, ok := ls.contact[id]; ok && id != p.n.cfg.ID && now.Sub(t) < p.n.cfg.HeartbeatInterval {
 			fresh++
 		}
 	}
-	if fresh < p.n.quorumSize() {
+	if fresh < ls.mem.quorum() {
 		return false
 	}
 	for _, sv := range vals {
@@ -622,7 +623,7 @@ func (p *Proposer) proposeGenesis(ctx context.Context, ls *leaderState) {
 				p.mu.Unlock()
 				return
 			}
-			ls.enqueue([]Entry{genesisEntry(newClusterID())})
+			ls.enqueue([]Entry{genesisEntry(newClusterID(), p.n.config())})
 			vals, commit := p.proposeQueuedLocked(ls)
 			p.mu.Unlock()
 			p.sendAccept(ls, vals, commit)
@@ -733,7 +734,8 @@ func (p *Proposer) campaign(ctx context.Context) {
 	p.n.log.Debug("campaigning", "ballot", b.String(), "from", from)
 	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
 	defer cancel()
-	promises, ok := p.gatherPromises(cctx, b, from)
+	mem := p.n.config()
+	promises, ok := p.gatherPromises(cctx, b, from, mem.voters())
 	if !ok {
 		return
 	}
@@ -772,6 +774,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 		return // outbid while campaigning
 	}
 	ls := &leaderState{
+		mem:    mem,
 		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
 		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
 		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), since: time.Now(),
@@ -779,7 +782,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 		forwarded: make(map[EntryID]NodeID), forwardSlot: make(map[NodeID]Slot),
 		learnKick: make(map[NodeID]chan struct{}),
 	}
-	for _, id := range p.n.cfg.Members {
+	for _, id := range ls.mem.ids() {
 		if id != p.n.cfg.ID {
 			ls.learnKick[id] = make(chan struct{}, 1)
 		}
@@ -800,7 +803,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 	if p.n.ClusterID() == "" && !holdsGenesis(best) {
 		go p.proposeGenesis(ctx, ls)
 	}
-	for _, id := range p.n.cfg.Members {
+	for _, id := range ls.mem.ids() {
 		if id != p.n.cfg.ID {
 			go p.heartbeat(ctx, ls, id)
 		}
@@ -810,7 +813,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 
 // gatherPromises sends prepare to every member and waits for a majority of
 // promises (ok) or a refusal, a minority's silence, or ctx's end (not ok).
-func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot) (map[NodeID]Promise, bool) {
+func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot, voters []NodeID) (map[NodeID]Promise, bool) {
 	type reply struct {
 		from NodeID
 		pr   Promise
@@ -823,8 +826,8 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot) (map
 	if err := p.n.call(ctx, p.n.cfg.ID, methodPrepare, req, &own); err != nil || !own.OK {
 		return nil, false
 	}
-	replies := make(chan reply, len(p.n.cfg.Members))
-	for _, to := range p.n.cfg.Members {
+	replies := make(chan reply, len(voters))
+	for _, to := range voters {
 		if to == p.n.cfg.ID {
 			replies <- reply{to, own, nil}
 			continue
@@ -836,8 +839,8 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot) (map
 		}()
 	}
 	promises := make(map[NodeID]Promise)
-	q := newQuorum(len(p.n.cfg.Members))
-	for range p.n.cfg.Members {
+	q := newQuorum(voters)
+	for range voters {
 		var r reply
 		select {
 		case r = <-replies:
@@ -1056,9 +1059,9 @@ func (p *Proposer) readRounds(ls *leaderState) {
 func (p *Proposer) confirmLeadership(ctx context.Context, ls *leaderState, commit Slot) bool {
 	ctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
 	defer cancel()
-	replies := make(chan bool, len(p.n.cfg.Members))
+	replies := make(chan bool, len(ls.mem.voters()))
 	req := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}
-	for _, to := range p.n.cfg.Members {
+	for _, to := range ls.mem.voters() {
 		go func() {
 			var resp LearnResp
 			err := p.n.call(ctx, to, methodLearn, req, &resp)
@@ -1066,7 +1069,7 @@ func (p *Proposer) confirmLeadership(ctx context.Context, ls *leaderState, commi
 		}()
 	}
 	oks := 0
-	for range p.n.cfg.Members {
+	for range ls.mem.voters() {
 		select {
 		case ok := <-replies:
 			if ok {
@@ -1077,7 +1080,7 @@ func (p *Proposer) confirmLeadership(ctx context.Context, ls *leaderState, commi
 		case <-ls.done:
 			return false
 		}
-		if oks >= p.n.quorumSize() {
+		if oks >= ls.mem.quorum() {
 			return true
 		}
 	}
@@ -1128,7 +1131,7 @@ func (p *Proposer) anyPeer() NodeID {
 		return p.leader
 	}
 	var others []NodeID
-	for _, id := range p.n.cfg.Members {
+	for _, id := range p.n.config().ids() {
 		if id != p.n.cfg.ID {
 			others = append(others, id)
 		}
@@ -1152,7 +1155,7 @@ func (p *Proposer) peers() []PeerStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := []PeerStatus{}
-	for _, id := range p.n.cfg.Members {
+	for _, id := range p.n.config().ids() {
 		if id == p.n.cfg.ID {
 			continue
 		}
@@ -1179,7 +1182,7 @@ func (p *Proposer) peers() []PeerStatus {
 func (p *Proposer) handoff(ctx context.Context) NodeID {
 	p.mu.Lock()
 	ls := p.ls
-	if ls == nil || len(p.n.cfg.Members) == 1 {
+	if ls == nil || len(ls.mem.voters()) == 1 {
 		p.mu.Unlock()
 		return 0 // nobody to hand over to
 	}
@@ -1212,7 +1215,7 @@ func (p *Proposer) handoff(ctx context.Context) NodeID {
 		var best Slot
 		target = 0
 		now := time.Now()
-		for _, id := range p.n.cfg.Members {
+		for _, id := range ls.mem.voters() {
 			t, ok := ls.contact[id]
 			if id == p.n.cfg.ID || !ok || now.Sub(t) > p.n.cfg.ElectionTimeout {
 				continue

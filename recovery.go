@@ -156,6 +156,9 @@ type identity struct {
 	State    string    `json:"state"`             // "discovering", "member" or "recovering"
 	Nonce    uint64    `json:"nonce,omitempty"`   // discovering: this incarnation's number
 	Founders []founder `json:"founders,omitempty"`
+	// Membership is the latest membership the log chose that this node
+	// applied (membership.go); nil until then.
+	Membership *membership `json:"membership,omitempty"`
 }
 
 // errIdentityDamaged: IDENTITY fails its checksum or does not parse.
@@ -285,6 +288,40 @@ func (n *Node) startPhase(accDamaged, accEmpty, accVoted, logEmpty bool) (phase,
 		return phaseRecovering, nil
 	}
 	return phaseServing, nil
+}
+
+// startMembership is the membership the node starts with: the one its
+// data recorded, whatever --peers says (a mismatch is logged at WARN),
+// else the one --peers gives.
+func (n *Node) startMembership() *membership {
+	n.idMu.Lock()
+	rec := n.identity.Membership
+	n.idMu.Unlock()
+	if rec == nil {
+		return flagMembership(n.cfg.Members, n.cfg.PeerURLs)
+	}
+	m := newMembership(rec.Members, rec.Slot, rec.Removed)
+	if !m.sameIDs(n.cfg.Members) {
+		n.log.Warn("the membership recorded in --data differs from --peers; using the recorded one", "recorded", m.String(), "peers", fmt.Sprint(n.cfg.Members))
+	}
+	return m
+}
+
+// adoptMembership records m, chosen in slot, as this node's membership
+// if it is newer than the one it has.
+func (n *Node) adoptMembership(m *membership) {
+	cur := n.config()
+	if cur != nil && cur.Slot >= m.Slot && cur.Slot != 0 {
+		return
+	}
+	if err := n.updateIdentity(func(id *identity) { id.Membership = m }); err != nil {
+		n.fatal(fmt.Errorf("record membership: %w", err))
+		return
+	}
+	n.mem.Store(m)
+	if n.onMembership != nil {
+		n.onMembership(m)
+	}
 }
 
 // ClusterID returns the cluster's identity, "" while unknown.
@@ -433,7 +470,7 @@ func (n *Node) onHello(HelloReq) HelloResp {
 // others returns every member but this node.
 func (n *Node) others() []NodeID {
 	var out []NodeID
-	for _, id := range n.cfg.Members {
+	for _, id := range n.config().ids() {
 		if id != n.cfg.ID {
 			out = append(out, id)
 		}
@@ -487,7 +524,7 @@ func (n *Node) discover(ctx context.Context) {
 	n.idMu.Lock()
 	nonce := n.identity.Nonce
 	n.idMu.Unlock()
-	n.log.Info("blank data directory: asking the other members whether the cluster is new", "members", len(n.cfg.Members))
+	n.log.Info("blank data directory: asking the other members whether the cluster is new", "members", len(n.config().ids()))
 	var wl waitLog
 	for {
 		answers := n.helloAll(ctx, nonce, n.cfg.ElectionTimeout)
@@ -605,11 +642,11 @@ func (n *Node) found(founders []founder, why string) {
 func (n *Node) rebuild(ctx context.Context) {
 	if len(n.others()) < n.quorumSize() {
 		n.fatal(fmt.Errorf("the acceptor state under --data %s is missing or damaged, and a cluster of %d has too few other members to rebuild it from (a majority of the cluster among them): restore --data from a backup",
-			n.cfg.DataDir, len(n.cfg.Members)))
+			n.cfg.DataDir, len(n.config().voters())))
 		return
 	}
 	start := time.Now()
-	n.log.Info("rebuilding acceptor state from a majority of the other members before voting", "members", len(n.cfg.Members))
+	n.log.Info("rebuilding acceptor state from a majority of the other members before voting", "members", len(n.config().ids()))
 	quiet := n.started.Add(2 * n.cfg.ElectionTimeout)
 	select {
 	case <-ctx.Done():
