@@ -191,11 +191,12 @@ type testCluster struct {
 
 	life map[NodeID]*sync.Mutex // held while a node starts or crashes
 
-	mu    sync.Mutex
-	nodes map[NodeID]*testNode
-	acked map[string]Index  // data -> index acknowledged to a client
-	armed map[NodeID]string // crash the node at this acceptor hook point
-	boots int
+	mu      sync.Mutex
+	joiners map[NodeID]bool // added after the start: they join (Config.Join)
+	nodes   map[NodeID]*testNode
+	acked   map[string]Index  // data -> index acknowledged to a client
+	armed   map[NodeID]string // crash the node at this acceptor hook point
+	boots   int
 }
 
 func testConfig() Config {
@@ -224,7 +225,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 	t.Helper()
 	c := &testCluster{
 		t: t, net: newMemNet(seed), dirs: map[NodeID]string{}, seed: seed, cfg: testConfig(),
-		nodes: map[NodeID]*testNode{}, acked: map[string]Index{},
+		nodes: map[NodeID]*testNode{}, acked: map[string]Index{}, joiners: map[NodeID]bool{},
 		life: map[NodeID]*sync.Mutex{}, armed: map[NodeID]string{},
 	}
 	if tweak != nil {
@@ -253,8 +254,16 @@ func (c *testCluster) start(id NodeID) {
 		return
 	}
 	cfg := c.cfg
-	cfg.ID, cfg.Members, cfg.DataDir = id, c.members, c.dirs[id]
 	c.mu.Lock()
+	cfg.ID, cfg.Members, cfg.DataDir = id, append([]NodeID(nil), c.members...), c.dirs[id]
+	if c.joiners[id] {
+		cfg.Members = nil
+		for _, o := range c.members {
+			if o != id {
+				cfg.Join = append(cfg.Join, o)
+			}
+		}
+	}
 	c.boots++
 	cfg.Seed = c.seed*1000 + int64(c.boots)
 	c.mu.Unlock()

@@ -297,3 +297,148 @@ func TestRealProcessesForeignCluster(t *testing.T) {
 	}
 	t.Logf("refused: %s", last)
 }
+
+// startJoining starts node id, new to the cluster, with --join (the URLs
+// of the members given) instead of --peers, listening on a fresh port.
+func (pc *procCluster) startJoining(id NodeID, via ...NodeID) {
+	pc.t.Helper()
+	pc.mu.Lock()
+	if pc.urls[id] == "" {
+		pc.urls[id] = "http://" + freePorts(pc.t, 1)[0]
+	}
+	var join []string
+	for _, v := range via {
+		join = append(join, pc.urls[v])
+	}
+	pc.joinFlags[id] = []string{"--join", strings.Join(join, ",")}
+	pc.mu.Unlock()
+	pc.start(id)
+}
+
+// adminMembers sends a membership change to node via and returns the
+// status and the members it answered. A 503 (no leader known, or an
+// outcome unknown) is retried, as a client would, for up to 20 s; a retry
+// that finds the change made (409 for an add, 404 for a removal) counts
+// as done.
+func (pc *procCluster) adminMembers(via NodeID, method, path, body string) (int, MembersReply) {
+	var code int
+	var mr MembersReply
+	retried := false
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); retried = true {
+		req, _ := http.NewRequest(method, pc.urls[via]+"/v1/admin/members"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer procs-test")
+		resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+		if err != nil {
+			continue
+		}
+		code, mr = resp.StatusCode, MembersReply{}
+		json.NewDecoder(resp.Body).Decode(&mr)
+		resp.Body.Close()
+		switch {
+		case code == 503:
+			time.Sleep(100 * time.Millisecond) // Retry-After, in short
+			continue
+		case retried && method == "POST" && code == 409, retried && method == "DELETE" && code == 404:
+			return map[string]int{"POST": 201, "DELETE": 200}[method], mr
+		}
+		return code, mr
+	}
+	return code, mr
+}
+
+// waitMembers waits until node id lists exactly want as voters.
+func (pc *procCluster) waitVoters(id NodeID, want ...NodeID) {
+	pc.t.Helper()
+	waitFor(pc.t, 60*time.Second, fmt.Sprintf("node %d to list voters %v", id, want), func() bool {
+		var mr MembersReply
+		if err := getJSON(pc.urls[id]+"/v1/members", &mr); err != nil {
+			return false
+		}
+		var got []NodeID
+		for _, m := range mr.Members {
+			if m.Voter {
+				got = append(got, m.ID)
+			}
+		}
+		return fmt.Sprint(got) == fmt.Sprint(want)
+	})
+}
+
+// TestRealProcessesGrowAndShrink: a 3-node cluster grows to 5 with nodes
+// started with --join before they are added, under load, and a majority of
+// five forms with two originals down (the new nodes vote); then it shrinks
+// to 3 again, the leader among the removed, and every acknowledged entry
+// is on every remaining node.
+func TestRealProcessesGrowAndShrink(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs real binaries")
+	}
+	pc := newProcClusterDumped(t, 3)
+	pc.waitServing(1, 2, 3)
+	acked := map[Index]string{}
+	for i := 0; i < 30; i++ {
+		d := fmt.Sprintf(`{"n":%d}`, i)
+		acked[pc.mustAppend(NodeID(i%3+1), d)] = d
+	}
+	for _, id := range []NodeID{4, 5} {
+		pc.startJoining(id, 1, 2)
+		waitFor(t, 10*time.Second, fmt.Sprintf("node %d to wait as a non-member", id), func() bool {
+			var st struct {
+				Member bool `json:"member"`
+			}
+			return getJSON(pc.urls[id]+"/v1/status", &st) == nil && !st.Member
+		})
+		code, mr := pc.adminMembers(2, "POST", "", fmt.Sprintf(`{"id":%d,"url":%q}`, id, pc.urls[id]))
+		if code != 201 || len(mr.Members) != int(id) {
+			t.Fatalf("add node %d: %d %+v", id, code, mr)
+		}
+		for i := 0; i < 10; i++ {
+			d := fmt.Sprintf(`{"grow":%d,"i":%d}`, id, i)
+			acked[pc.mustAppend(1, d)] = d
+		}
+		want := []NodeID{1, 2, 3, 4, 5}[:id]
+		pc.waitVoters(1, want...)
+	}
+	// Five voters: with two originals down, nodes 3, 4 and 5 are a majority.
+	pc.kill(1)
+	pc.kill(2)
+	d := `"with two originals down"`
+	acked[pc.mustAppend(4, d)] = d
+	pc.start(1)
+	pc.start(2)
+	pc.waitServing(1, 2, 3, 4, 5)
+	// Shrink to three, removing the leader among others.
+	st, err := pc.status(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove := []NodeID{st.Leader}
+	for _, id := range []NodeID{1, 2, 3, 4, 5} {
+		if len(remove) < 2 && id != st.Leader {
+			remove = append(remove, id)
+		}
+	}
+	var keep []NodeID
+	for _, id := range []NodeID{1, 2, 3, 4, 5} {
+		if id != remove[0] && id != remove[1] {
+			keep = append(keep, id)
+		}
+	}
+	for _, id := range remove {
+		code, _ := pc.adminMembers(keep[0], "DELETE", fmt.Sprintf("/%d", id), "")
+		if code != 200 {
+			t.Fatalf("remove node %d: %d", id, code)
+		}
+		pc.kill(id)
+	}
+	pc.waitVoters(keep[0], keep...)
+	d = `"after shrinking"`
+	acked[pc.mustAppend(keep[1], d)] = d
+	log := pc.sameLogs(keep...)
+	for i, d := range acked {
+		if int(i) > len(log) || log[i-1] != d {
+			t.Fatalf("acknowledged %s at %d missing", d, i)
+		}
+	}
+	t.Logf("grew 3 -> 5 and shrank to %v; %d entries the same on all", keep, len(log))
+}

@@ -47,6 +47,9 @@ func (l *Learner) follow(ctx context.Context, from Index, idleEvery time.Duratio
 		idleC = t.C
 	}
 	for {
+		if !l.n.isMember() {
+			return ErrNotMember // a removed node's feeds end
+		}
 		wake := l.Notify() // taken before reading the bounds: no missed wake-ups
 		first, last := l.Bounds()
 		if next < first {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,13 +94,15 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 
 	admin := v1.Group("/admin", s.requireKey)
 	admin.POST("/compact", s.compact)
+	admin.POST("/members", s.addMember)
+	admin.DELETE("/members/:id", s.removeMember)
 
 	peerAuth := []echo.MiddlewareFunc{s.requireKey}
 	if o.PeerCerts {
 		peerAuth = []echo.MiddlewareFunc{requirePeerCert, s.requireKey}
 	}
 	peers := e.Group("/paxos", peerAuth...)
-	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello, methodRecords, methodSums} {
+	for _, m := range []string{methodPrepare, methodAccept, methodLearn, methodCatchup, methodForward, methodReadIndex, methodTimeoutNow, methodHello, methodRecords, methodSums, methodReconfig} {
 		peers.POST("/"+m, s.peer(m))
 	}
 	peers.GET("/stream", s.peerStream)
@@ -136,7 +140,7 @@ func errorStatus(err error) (int, string) {
 	case errors.As(err, &he):
 		return he.Code, fmt.Sprint(he.Message)
 	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped), errors.Is(err, ErrRecovering), errors.Is(err, ErrDiscovering),
-		errors.Is(err, ErrDamaged):
+		errors.Is(err, ErrDamaged), errors.Is(err, ErrNotMember), errors.Is(err, errNotVoter), errors.Is(err, ErrNotLeader):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, ErrCompacted):
 		return http.StatusGone, err.Error()
@@ -292,7 +296,7 @@ func (s *server) readRange(c echo.Context) error {
 // entry) and answers the first retained index.
 func (s *server) compact(c echo.Context) error {
 	if s.key == "" {
-		return &apiError{http.StatusForbidden, "admin endpoints are off: start the node with --cluster-key to use them"}
+		return errAdminOff
 	}
 	before, err := parseIndex("before", c.QueryParam("before"))
 	if err != nil {
@@ -307,6 +311,60 @@ func (s *server) compact(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]Index{"first": first})
+}
+
+// errAdminOff answers an admin call on a node without a cluster key.
+var errAdminOff = &apiError{http.StatusForbidden, "admin endpoints are off: start the node with --cluster-key to use them"}
+
+// addMember: POST /v1/admin/members {"id": N, "url": "http://host:port"}
+// adds a member as a non-voter (it becomes a voter once caught up) and
+// answers the membership once the change is chosen.
+func (s *server) addMember(c echo.Context) error {
+	if s.key == "" {
+		return errAdminOff
+	}
+	body, err := readBody(c, 64<<10)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		ID  *int64 `json:"id"`
+		URL string `json:"url"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return badRequest("body must be {\"id\": <positive integer>, \"url\": \"http://host:port\"}: %v", err)
+	}
+	if req.ID == nil || *req.ID < 1 || *req.ID >= 1<<31 {
+		return badRequest("id must be an integer from 1 to %d", 1<<31-1)
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return badRequest("url must look like http://host:port, got %q", req.URL)
+	}
+	mr, err := s.n.Reconfig(c.Request().Context(), ReconfigReq{From: s.n.cfg.ID, Add: &member{ID: NodeID(*req.ID), URL: strings.TrimRight(u.String(), "/")}})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, mr)
+}
+
+// removeMember: DELETE /v1/admin/members/<id> removes a member and
+// answers the membership once the change is chosen.
+func (s *server) removeMember(c echo.Context) error {
+	if s.key == "" {
+		return errAdminOff
+	}
+	id, err := strconv.ParseUint(c.Param("id"), 10, 31)
+	if err != nil || id == 0 {
+		return badRequest("member id must be a positive integer, got %q", c.Param("id"))
+	}
+	mr, err := s.n.Reconfig(c.Request().Context(), ReconfigReq{From: s.n.cfg.ID, Remove: NodeID(id)})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, mr)
 }
 
 // requireKey refuses peer requests without the cluster key (401).

@@ -344,9 +344,19 @@ func (l *Learner) remember(i Index, id EntryID, k string) {
 
 // chosen hands the learner a chosen slot. Slots may arrive in any order
 // and more than once; they are applied in slot order.
-func (l *Learner) chosen(vals ...SlotValue) {
+func (l *Learner) chosen(vals ...SlotValue) { l.chosenWith(nil, vals...) }
+
+// chosenWith is chosen, plus the membership a peer's catch-up reply
+// carries (the system entries that set it are not in the values it
+// serves): adopted once the slot that set it is applied, with it (M1).
+func (l *Learner) chosenWith(m *membership, vals ...SlotValue) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	defer func() {
+		if m != nil && m.Slot <= l.applied {
+			l.n.adoptMembership(m)
+		}
+	}()
 	for _, sv := range vals {
 		if sv.Slot > l.applied {
 			l.pending[sv.Slot] = sv.Value
@@ -557,6 +567,15 @@ func (l *Learner) Applied() Slot {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.applied
+}
+
+// appliedAndConfig returns the last applied slot and the membership that
+// governs the slot after it, read together (M1): a membership entry is
+// applied with its slot, under the learner's lock.
+func (l *Learner) appliedAndConfig() (Slot, *membership) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.applied, l.n.config()
 }
 
 // KnownCommit returns the highest slot known to be chosen.
@@ -812,12 +831,9 @@ func (l *Learner) catchUp(ctx context.Context) error {
 			l.n.adoptCluster(resp.Cluster, fmt.Sprintf("catch-up from node %d", peer))
 		}
 		if err == nil && resp.Compacted {
-			if err := l.installPrefix(resp.First, resp.FirstSlot); err != nil {
+			if err := l.installPrefix(resp.First, resp.FirstSlot, resp.Membership); err != nil {
 				l.n.fatal(err)
 				return err
-			}
-			if resp.Membership != nil {
-				l.n.adoptMembership(resp.Membership)
 			}
 			continue
 		}
@@ -845,10 +861,7 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		for s := from; s <= resp.Through; s++ {
 			vals = append(vals, SlotValue{Slot: s, Value: byslot[s]})
 		}
-		l.chosen(vals...)
-		if resp.Membership != nil {
-			l.n.adoptMembership(resp.Membership)
-		}
+		l.chosenWith(resp.Membership, vals...)
 	}
 }
 
@@ -863,9 +876,14 @@ func (l *Learner) installedSlot() Slot {
 // retained index: its own entries, all older than that, are dropped, and
 // every slot before firstSlot counts as applied. Used when a peer has
 // compacted away what this node would need to catch up entry by entry.
-func (l *Learner) installPrefix(first Index, firstSlot Slot) error {
+func (l *Learner) installPrefix(first Index, firstSlot Slot, m *membership) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	defer func() {
+		if m != nil && m.Slot <= l.applied {
+			l.n.adoptMembership(m)
+		}
+	}()
 	if l.last+1 >= first || firstSlot == 0 {
 		return nil // caught up meanwhile
 	}

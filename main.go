@@ -72,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	id := fs.Uint("id", 1, "this node's id, a positive integer, unique in the cluster")
 	listen := fs.String("listen", "127.0.0.1:7070", "host:port that serves clients and peers")
 	peers := fs.String("peers", "", "every member, this node included: 1=http://host:port,2=http://... (default: this node alone)")
+	join := fs.String("join", "", "instead of --peers: URLs of members of a running cluster that this new node joins, http://host:port,... (it waits until added: POST /v1/admin/members)")
 	data := fs.String("data", "", "where this node keeps its state (default ./paxoslog-data/<id>)")
 	key := fs.String("cluster-key", "", "shared secret peers present to each other (default: env PAXOSLOG_CLUSTER_KEY)")
 	maxEntry := fs.Int("max-entry-bytes", 1<<20, "largest accepted append body in bytes")
@@ -142,7 +143,25 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.tls = t
-	if *peers == "" {
+	if *join != "" {
+		if *peers != "" {
+			return nil, usagef("--join and --peers cannot go together: --join for a node that joins a running cluster, --peers for one that starts with it")
+		}
+		urls, err := parseJoin(*join)
+		if err != nil {
+			return nil, err
+		}
+		o.node.JoinURLs = map[NodeID]string{}
+		for i, u := range urls {
+			id := joinID(i)
+			o.node.Join = append(o.node.Join, id)
+			o.node.JoinURLs[id] = u
+		}
+		if err := checkPeerSchemes(o.node.JoinURLs, o.tls); err != nil {
+			return nil, err
+		}
+		o.peers = map[NodeID]string{}
+	} else if *peers == "" {
 		scheme := "http://"
 		if o.tls != nil {
 			scheme = "https://"
@@ -196,6 +215,24 @@ func parsePeers(s string) (map[NodeID]string, error) {
 			return nil, usagef("--peers lists id %d twice", id)
 		}
 		out[NodeID(id)] = strings.TrimRight(u.String(), "/")
+	}
+	return out, nil
+}
+
+// joinID is the transport id of the i-th --join URL: above every member
+// id (those stay below 2^31), so the two never meet.
+func joinID(i int) NodeID { return NodeID(1<<31 + i) }
+
+// parseJoin parses "http://host:port,http://...".
+func parseJoin(s string) ([]string, error) {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		u, err := url.Parse(part)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usagef("--join entry %q: the url must look like http://host:port", part)
+		}
+		out = append(out, strings.TrimRight(u.String(), "/"))
 	}
 	return out, nil
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // membership.go: who the members are, as the replicated state says.
@@ -18,6 +21,37 @@ import (
 // uses whatever --peers says (a mismatch is logged at WARN). Only voters
 // count toward a majority; a node's --peers may give other URLs for the
 // members than the membership's (a proxy between them): the ids decide.
+
+// Changes (one at a time, through the log, never taking a client index):
+//
+//   - M1: the membership that governs slot i is the one set by the
+//     membership entry chosen in the highest slot below i (the genesis
+//     entry's for the first; the one --peers gives before it). A value is
+//     chosen in slot i when a majority of that membership's voters
+//     accepted it under one ballot.
+//   - M2: a change adds one member as a non-voter, promotes one to voter,
+//     or removes one: a membership and the next differ in at most one
+//     voter, so any majority of the one and any majority of the next
+//     share a voter (the single-server change argument). That is what
+//     keeps two consecutive memberships from choosing different values:
+//     each is the invariant the rules below rely on.
+//   - M3: a leader proposes a change in slot s and opens no slot after s
+//     until s is chosen, so it always knows the membership that governs
+//     the slots it proposes (M1). A recovered change is the same: nothing
+//     new is opened behind it until it is chosen. A value found after a
+//     change in phase 1 was proposed by a leader that knew the change was
+//     chosen, so it was proposed under the new membership.
+//   - M4: phase 1 needs a majority of the membership that governs the
+//     first slot it recovers, and then, for every change among the values
+//     it recovers, a majority of the membership after it too, all under
+//     the one ballot (the candidate asks the new voters as it finds
+//     them). By M2 each of those majorities meets every majority that
+//     could have chosen a value in the slots it governs.
+//   - M5: ids are never used twice: a removed member's id stays in
+//     Removed and cannot be added again, so no message from a former
+//     incarnation of a member can count for a new one. A new member
+//     starts as a non-voter with an empty acceptor, which never promised
+//     or accepted anything, and becomes a voter once it has caught up.
 
 // member is one member of the cluster.
 type member struct {
@@ -152,6 +186,9 @@ func (n *Node) config() *membership { return n.mem.Load() }
 // else the membership's.
 func (n *Node) peerURLs() map[NodeID]string {
 	out := map[NodeID]string{}
+	for id, u := range n.cfg.JoinURLs {
+		out[id] = u // the nodes a joining node asks (ids no member has)
+	}
 	for _, x := range n.config().Members {
 		out[x.ID] = x.URL
 		if u := n.cfg.PeerURLs[x.ID]; u != "" {
@@ -178,4 +215,227 @@ type MembersReply struct {
 func (n *Node) Members() MembersReply {
 	leader, _, _ := n.proposer.leaderInfo()
 	return MembersReply{Members: append([]member(nil), n.config().Members...), Leader: leader}
+}
+
+// with returns a copy of m with f applied to its members, chosen in slot.
+func (m *membership) with(f func([]member) []member, removed []NodeID) *membership {
+	return newMembership(f(append([]member(nil), m.Members...)), 0, append(append([]NodeID(nil), m.Removed...), removed...))
+}
+
+// withAdded returns m with x added as a non-voter.
+func (m *membership) withAdded(x member) *membership {
+	x.Voter = false
+	return m.with(func(ms []member) []member { return append(ms, x) }, nil)
+}
+
+// withPromoted returns m with id a voter.
+func (m *membership) withPromoted(id NodeID) *membership {
+	return m.with(func(ms []member) []member {
+		for i := range ms {
+			if ms[i].ID == id {
+				ms[i].Voter = true
+			}
+		}
+		return ms
+	}, nil)
+}
+
+// withRemoved returns m without id.
+func (m *membership) withRemoved(id NodeID) *membership {
+	return m.with(func(ms []member) []member {
+		out := ms[:0]
+		for _, x := range ms {
+			if x.ID != id {
+				out = append(out, x)
+			}
+		}
+		return out
+	}, []NodeID{id})
+}
+
+// wasRemoved reports whether id was a member once and was removed.
+func (m *membership) wasRemoved(id NodeID) bool {
+	for _, r := range m.Removed {
+		if r == id {
+			return true
+		}
+	}
+	return false
+}
+
+// sameMembers reports whether m and o have the same members, voters and
+// URLs.
+func (m *membership) sameMembers(o *membership) bool {
+	if len(m.Members) != len(o.Members) {
+		return false
+	}
+	for i := range m.Members {
+		if m.Members[i] != o.Members[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// changeIn returns the membership a value sets (M1), if it holds a
+// membership entry whose members differ from cur's, else nil.
+func changeIn(v Value, cur *membership) *membership {
+	var out *membership
+	for _, e := range v.Entries {
+		if mv, ok := decodeSystem(e); ok && len(mv.Members) > 0 {
+			if next := newMembership(mv.Members, 0, mv.Removed); !next.sameMembers(cur) {
+				out = next
+			}
+		}
+	}
+	return out
+}
+
+// membershipEntry is the system entry that sets m.
+func membershipEntry(m *membership) Entry {
+	return systemEntry(membersValue{Members: m.Members, Removed: m.Removed})
+}
+
+var (
+	// ErrNotMember: this node is not in the membership it knows (it was
+	// removed, or has not been added yet).
+	ErrNotMember = errors.New("this node is not a member of the cluster")
+	// errNotVoter: a prepare or accept to a node that is no voter.
+	errNotVoter = errors.New("this node is not a voter")
+)
+
+// methodReconfig asks the leader for a membership change.
+const methodReconfig = "reconfig"
+
+// ReconfigReq asks for one change: Add a member (as a non-voter) or
+// Remove one. Forwarded: sent on by a node that does not lead.
+type ReconfigReq struct {
+	From      NodeID  `json:"from"`
+	Add       *member `json:"add,omitempty"`
+	Remove    NodeID  `json:"remove,omitempty"`
+	Forwarded bool    `json:"forwarded,omitempty"`
+}
+
+// ReconfigResp: the membership once the change is chosen, or the HTTP
+// status and message it failed with.
+type ReconfigResp struct {
+	Members []member `json:"members,omitempty"`
+	Leader  NodeID   `json:"leader"`
+	Code    int      `json:"code,omitempty"`
+	Error   string   `json:"error,omitempty"`
+}
+
+// Reconfig makes one membership change through the leader, wherever it
+// is, and returns the membership once the change is chosen.
+func (n *Node) Reconfig(ctx context.Context, req ReconfigReq) (MembersReply, error) {
+	if err := n.notServingErr(); err != nil {
+		return MembersReply{}, err
+	}
+	leader, _, leading := n.proposer.leaderInfo()
+	if leading {
+		return n.reconfigHere(ctx, req)
+	}
+	if leader == 0 || req.Forwarded {
+		return MembersReply{}, ErrNoQuorum // no leader known (yet): try again
+	}
+	req.From, req.Forwarded = n.cfg.ID, true
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	var resp ReconfigResp
+	if err := n.call(cctx, leader, methodReconfig, req, &resp); err != nil {
+		return MembersReply{}, fmt.Errorf("%w: %v", ErrNoQuorum, err)
+	}
+	if resp.Code != 0 {
+		return MembersReply{}, &apiError{resp.Code, resp.Error}
+	}
+	return MembersReply{Members: resp.Members, Leader: resp.Leader}, nil
+}
+
+// onReconfig serves methodReconfig.
+func (n *Node) onReconfig(ctx context.Context, req ReconfigReq) ReconfigResp {
+	mr, err := n.Reconfig(ctx, req)
+	if err != nil {
+		code, msg := errorStatus(err)
+		return ReconfigResp{Code: code, Error: msg}
+	}
+	return ReconfigResp{Members: mr.Members, Leader: mr.Leader}
+}
+
+// reconfigHere, on the leader, checks the change against the current
+// membership, proposes it and waits until it is chosen.
+func (n *Node) reconfigHere(ctx context.Context, req ReconfigReq) (MembersReply, error) {
+	pc, err := n.proposer.proposeChange(func(m *membership) (*membership, error) {
+		switch {
+		case req.Add != nil:
+			id := req.Add.ID
+			if _, ok := m.get(id); ok {
+				return nil, &apiError{409, fmt.Sprintf("node %d is a member already", id)}
+			}
+			if m.wasRemoved(id) {
+				return nil, &apiError{409, fmt.Sprintf("node %d was a member before, and ids are never used again: give the new node another --id", id)}
+			}
+			return m.withAdded(*req.Add), nil
+		case req.Remove != 0:
+			x, ok := m.get(req.Remove)
+			if !ok {
+				return nil, &apiError{404, fmt.Sprintf("node %d is not a member", req.Remove)}
+			}
+			if x.Voter && len(m.voters()) == 1 {
+				return nil, &apiError{409, fmt.Sprintf("removing node %d would leave no voter", req.Remove)}
+			}
+			return m.withRemoved(req.Remove), nil
+		}
+		return nil, badRequest("a membership change adds or removes one member")
+	})
+	if err != nil {
+		return MembersReply{}, err
+	}
+	t := time.NewTimer(n.cfg.RequestTimeout)
+	defer t.Stop()
+	select {
+	case <-pc.chosen:
+	case <-pc.lost:
+	case <-t.C:
+	case <-ctx.Done():
+	case <-n.stopped:
+		return MembersReply{}, ErrStopped
+	}
+	select {
+	case <-pc.chosen: // also when the leadership ended right after it (a leader that removed itself)
+	default:
+		return MembersReply{}, ErrNoQuorum // the change may still be chosen later
+	}
+	// Tell every voter of the new membership that it is chosen before
+	// answering: an operator may stop a removed node at once, and the
+	// others must not be left waiting for it to hear whether they may go
+	// on without it.
+	n.tellCommit(ctx, pc)
+	return MembersReply{Members: append([]member(nil), pc.to.Members...), Leader: n.leaderAfter()}, nil
+}
+
+// leaderAfter returns who leads now, as far as this node knows.
+func (n *Node) leaderAfter() NodeID {
+	leader, _, _ := n.proposer.leaderInfo()
+	return leader
+}
+
+// tellCommit sends a learn carrying the commit that chose pc to every
+// voter of its membership and waits (up to an election timeout) for them.
+func (n *Node) tellCommit(ctx context.Context, pc *pendingChange) {
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.ElectionTimeout)
+	defer cancel()
+	req := LearnReq{From: n.cfg.ID, Ballot: pc.ballot, Commit: pc.slot}
+	done := make(chan struct{}, len(pc.to.voters()))
+	for _, id := range pc.to.voters() {
+		go func() {
+			var resp LearnResp
+			if id != n.cfg.ID {
+				n.call(cctx, id, methodLearn, req, &resp) // best effort
+			}
+			done <- struct{}{}
+		}()
+	}
+	for range pc.to.voters() {
+		<-done
+	}
 }

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 )
@@ -75,4 +79,184 @@ func TestHTTPMembers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// addNode adds node id to the test cluster as a node that joins (it is
+// not a member until Reconfig adds it) and starts it.
+func (c *testCluster) addNode(id NodeID) {
+	c.t.Helper()
+	c.mu.Lock()
+	c.members = append(c.members, id)
+	c.dirs[id] = filepath.Join(filepath.Dir(c.dirs[c.members[0]]), fmt.Sprint(id))
+	c.life[id] = new(sync.Mutex)
+	c.joiners[id] = true
+	c.mu.Unlock()
+	c.start(id)
+}
+
+// dropNode stops node id (removed from the membership) and leaves it out
+// of the cluster's checks from now on.
+func (c *testCluster) dropNode(id NodeID) {
+	c.crash(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.members {
+		if m == id {
+			c.members = append(c.members[:i:i], c.members[i+1:]...)
+			return
+		}
+	}
+}
+
+// reconfig makes a membership change through node via, retrying while
+// there is no leader or the outcome is unknown.
+func (c *testCluster) reconfig(via NodeID, req ReconfigReq) MembersReply {
+	c.t.Helper()
+	var mr MembersReply
+	var err error
+	waitFor(c.t, 10*time.Second, fmt.Sprintf("change %+v through node %d", req, via), func() bool {
+		n := c.node(via)
+		if n == nil {
+			return false
+		}
+		mr, err = n.Reconfig(context.Background(), req)
+		if err == nil {
+			return true
+		}
+		var ae *apiError
+		if errors.As(err, &ae) && ae.code != 503 {
+			c.t.Fatalf("change %+v: %v", req, err)
+		}
+		return false
+	})
+	return mr
+}
+
+// waitVoters waits until every live member goes by a membership whose
+// voters are want.
+func (c *testCluster) waitVoters(want ...NodeID) {
+	c.t.Helper()
+	waitFor(c.t, 20*time.Second, fmt.Sprintf("voters %v everywhere", want), func() bool {
+		for _, id := range c.live() {
+			if n := c.node(id); n == nil || !reflect.DeepEqual(n.config().voters(), want) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestAddMemberBecomesVoter: a node added as a non-voter learns the log,
+// becomes a voter by itself once caught up, and then really votes: with
+// an original member down, the majority of four needs it.
+func TestAddMemberBecomesVoter(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	for i := 0; i < 50; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`"a%d"`, i))
+	}
+	c.addNode(4) // started before it is added: it waits
+	n4 := c.node(4)
+	if st := n4.Status(); st.Member || st.State != "discovering" {
+		t.Fatalf("node 4 before it is added: %+v", st)
+	}
+	if _, err := n4.Append(context.Background(), []byte(`"x"`), ""); err == nil {
+		t.Fatalf("a node that is not a member took an append")
+	}
+	mr := c.reconfig(1, ReconfigReq{Add: &member{ID: 4, URL: "http://four"}})
+	if x, ok := newMembership(mr.Members, 0, nil).get(4); !ok || x.Voter {
+		t.Fatalf("after the add: %+v, want 4 as a non-voter", mr.Members)
+	}
+	c.waitVoters(1, 2, 3, 4)
+	c.mustAppend(4, `"via the new node"`)
+	c.check()
+	victim := c.leader(5*time.Second)%3 + 1 // an original member that does not lead
+	c.crash(victim)
+	c.leader(5 * time.Second)
+	for i := 0; i < 5; i++ {
+		c.mustAppend(4, fmt.Sprintf(`"b%d"`, i))
+	}
+	c.start(victim)
+	c.check()
+	for _, id := range c.members {
+		if got := c.node(id).config().ids(); !reflect.DeepEqual(got, []NodeID{1, 2, 3, 4}) {
+			t.Fatalf("node %d members %v", id, got)
+		}
+	}
+}
+
+// TestRemoveMember: a removed member votes in nothing, says member:false
+// and answers appends with ErrNotMember; the rest go on. The leader
+// removed hands over.
+func TestRemoveMember(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.mustAppend(leader, `"before"`)
+	follower := leader%3 + 1
+	c.reconfig(follower%3+1, ReconfigReq{Remove: follower}) // through the third node: forwarded to the leader
+	n := c.node(follower)
+	waitFor(t, 5*time.Second, "the removed node to know it", func() bool { return !n.isMember() })
+	if _, err := n.Append(context.Background(), []byte(`"x"`), ""); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("append on a removed node: %v", err)
+	}
+	if st := n.Status(); st.Member {
+		t.Fatalf("removed node status %+v", st)
+	}
+	c.dropNode(follower)
+	c.mustAppend(leader, `"after a follower left"`)
+	// Now the leader itself.
+	c.reconfig(leader, ReconfigReq{Remove: leader})
+	c.dropNode(leader)
+	next := c.leader(5 * time.Second)
+	if next == leader {
+		t.Fatalf("node %d still leads after its removal", leader)
+	}
+	c.mustAppend(next, `"after the leader left"`)
+	c.waitVoters(next)
+	c.check()
+}
+
+// TestMembershipChangeErrors: what a change may not do.
+func TestMembershipChangeErrors(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	want := func(req ReconfigReq, code int) {
+		t.Helper()
+		_, err := c.node(leader).Reconfig(context.Background(), req)
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.code != code {
+			t.Fatalf("%+v: %v, want %d", req, err, code)
+		}
+	}
+	want(ReconfigReq{Add: &member{ID: 2, URL: "http://two"}}, 409)
+	want(ReconfigReq{Remove: 9}, 404)
+	c.reconfig(leader, ReconfigReq{Remove: leader%3 + 1})
+	want(ReconfigReq{Add: &member{ID: leader%3 + 1, URL: "http://again"}}, 409) // ids are not used again
+	c.dropNode(leader%3 + 1)
+	l := c.leader(5 * time.Second)
+	other := c.live()[0]
+	if other == l {
+		other = c.live()[1]
+	}
+	c.reconfig(l, ReconfigReq{Remove: other})
+	c.dropNode(other)
+	leader = c.leader(5 * time.Second)
+	want(ReconfigReq{Remove: leader}, 409) // the last voter
+}
+
+// TestRestartAfterChangesKeepsMembership: a restarted node goes by the
+// membership its data recorded, not by the one it was started with.
+func TestRestartAfterChangesKeepsMembership(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.addNode(4)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 4, URL: "http://four"}})
+	c.waitVoters(1, 2, 3, 4)
+	for _, id := range []NodeID{1, 2, 3, 4} {
+		c.restart(id)
+	}
+	c.leader(5 * time.Second)
+	c.mustAppend(4, `"after restarts"`)
+	c.waitVoters(1, 2, 3, 4)
+	c.check()
 }

@@ -29,6 +29,9 @@ type metrics struct {
 	repairs         *prometheus.CounterVec
 	recovering      prometheus.Gauge
 	replicaAlarm    prometheus.Gauge
+	members         prometheus.Gauge
+	voters          prometheus.Gauge
+	memberChanges   prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -120,7 +123,19 @@ func newMetrics(n *Node) *metrics {
 		Name: "paxoslog_replica_alarm",
 		Help: "Peers whose log differs from this node's at an index both hold (0 while every check agrees).",
 	})
-	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm)
+	m.members = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_members",
+		Help: "Members in the membership this node goes by, voters and non-voters.",
+	})
+	m.voters = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "paxoslog_voters",
+		Help: "Voters in the membership this node goes by.",
+	})
+	m.memberChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "paxoslog_membership_changes_total",
+		Help: "Membership changes this node has applied.",
+	})
+	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm, m.members, m.voters, m.memberChanges)
 	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,

@@ -261,6 +261,10 @@ type LearnResp struct {
 	OK       bool   `json:"ok"`
 	Promised Ballot `json:"promised"`
 	Applied  Slot   `json:"applied"`
+	// Joined: the peer serves as a member (a joining node that is not in
+	// its membership yet, or is rebuilding, is not caught up however far
+	// it applied).
+	Joined bool `json:"joined,omitempty"`
 }
 
 // CatchupReq asks for the chosen values of slots Slot, Slot+1, …; Index
@@ -393,7 +397,11 @@ type Config struct {
 	Members []NodeID // every member, this node included (the membership recorded in the data wins)
 	// PeerURLs is this node's view of the members' URLs (--peers), put
 	// in the first membership it proposes; nil in tests.
-	PeerURLs      map[NodeID]string
+	PeerURLs map[NodeID]string
+	// Join, for a node that joins a running cluster (--join), are the
+	// transport ids to ask for the membership (recovery.go: join).
+	Join          []NodeID
+	JoinURLs      map[NodeID]string // where the Join ids are (the transport's; none in tests)
 	DataDir       string
 	MaxEntryBytes int
 
@@ -579,6 +587,8 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		return nil, err
 	}
 	n.mem.Store(n.startMembership())
+	n.metrics.members.Set(float64(len(n.config().ids())))
+	n.metrics.voters.Set(float64(len(n.config().voters())))
 	n.setPhase(ph)
 	if ph == phaseRecovering {
 		n.metrics.recovering.Set(1)
@@ -896,6 +906,11 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			}
 			resp = r
 		}
+	case methodReconfig:
+		var req ReconfigReq
+		if err = json.Unmarshal(body, &req); err == nil {
+			resp = n.onReconfig(ctx, req)
+		}
 	case methodSums:
 		var req SumsReq
 		if err = json.Unmarshal(body, &req); err == nil {
@@ -937,6 +952,9 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 	if err := n.notServingErr(); err != nil {
 		return Promise{}, err
 	}
+	if !n.config().isVoter(n.cfg.ID) {
+		return Promise{}, errNotVoter // a non-voter never votes (M5); a removed member no more
+	}
 	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
 	if err != nil {
 		n.storageFailed(err)
@@ -958,6 +976,12 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 func (n *Node) onAccept(req AcceptReq) (Accepted, func(), error) {
 	if err := n.notServingErr(); err != nil {
 		return Accepted{}, nil, err // it accepts nothing until it serves (recovery.go)
+	}
+	if !n.config().isVoter(n.cfg.ID) {
+		// Not a voter (yet: it may not have applied its promotion): it
+		// accepts nothing, but learns the commit the accept carries.
+		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
+		return Accepted{}, nil, errNotVoter
 	}
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
 	if err != nil {
@@ -1001,9 +1025,12 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 	case phaseRecovering:
 		ok = false
 	}
+	if !n.config().isVoter(n.cfg.ID) {
+		ok = false // a non-voter confirms no leadership
+	}
 	// Chosen is chosen whatever the ballot: always take the commit.
 	n.learner.noteCommit(req.Ballot, req.Commit, req.From)
-	return LearnResp{OK: ok, Promised: promised, Applied: n.learner.Applied()}
+	return LearnResp{OK: ok, Promised: promised, Applied: n.learner.Applied(), Joined: n.serving() && n.isMember()}
 }
 
 // Append submits data as one entry and waits until it is chosen and
@@ -1013,6 +1040,9 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, error) {
 	if err := n.waitServing(ctx); err != nil {
 		return Applied{}, err
+	}
+	if !n.isMember() {
+		return Applied{}, ErrNotMember
 	}
 	start := time.Now()
 	e := Entry{ID: n.ids.next(), Key: key, Data: data}
@@ -1059,6 +1089,9 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 func (n *Node) readBarrier(ctx context.Context) (Slot, NodeID, error) {
 	if err := n.waitServing(ctx); err != nil {
 		return 0, 0, err
+	}
+	if !n.isMember() {
+		return 0, 0, ErrNotMember
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	defer cancel()
@@ -1142,6 +1175,10 @@ type Status struct {
 	// Alarm, when set, says this node's log and a peer's differ, and
 	// where first (check.go); null while they agree.
 	Alarm *ReplicaAlarm `json:"alarm"`
+	// Voters are the members that count toward a majority; Change, on
+	// the leader, a membership change in flight (null: none).
+	Voters []NodeID          `json:"voters"`
+	Change *MembershipChange `json:"membership_change"`
 }
 
 // Status reports what this node knows now.
@@ -1155,6 +1192,6 @@ func (n *Node) Status() Status {
 		Member: n.isMember(), Leader: leader, Ballot: ballot.String(), IsLeader: isLeader,
 		First: first, Last: last, Applied: n.learner.Applied(), Commit: n.learner.KnownCommit(),
 		Members: members, Peers: n.proposer.peers(), DiskBytes: dirSize(n.cfg.DataDir),
-		Alarm: n.check.alarm(),
+		Alarm: n.check.alarm(), Voters: append([]NodeID{}, n.config().voters()...), Change: n.proposer.changeInFlight(),
 	}
 }

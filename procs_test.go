@@ -31,6 +31,8 @@ type procCluster struct {
 	mu    sync.Mutex
 	procs map[NodeID]*proc
 	boots map[NodeID]int
+	// joinFlags holds the --join flags of nodes added after the start.
+	joinFlags map[NodeID][]string
 }
 
 // proc is one running binary; done closes once it has exited.
@@ -94,7 +96,7 @@ func freePorts(t *testing.T, n int) []string {
 
 func newProcCluster(t *testing.T, size int) *procCluster {
 	pc := &procCluster{t: t, bin: buildBinary(t), dir: t.TempDir(), urls: map[NodeID]string{},
-		procs: map[NodeID]*proc{}, boots: map[NodeID]int{}}
+		procs: map[NodeID]*proc{}, boots: map[NodeID]int{}, joinFlags: map[NodeID][]string{}}
 	var parts []string
 	for i, addr := range freePorts(t, size) {
 		id := NodeID(i + 1)
@@ -116,15 +118,27 @@ func newProcCluster(t *testing.T, size int) *procCluster {
 func (pc *procCluster) start(id NodeID) {
 	pc.t.Helper()
 	pc.mu.Lock()
+	flags := pc.joinFlags[id]
+	pc.mu.Unlock()
+	if flags == nil {
+		flags = []string{"--peers", pc.peers}
+	}
+	pc.startWith(id, flags...)
+}
+
+// startWith starts node id with membership flags (--peers or --join).
+func (pc *procCluster) startWith(id NodeID, flags ...string) {
+	pc.t.Helper()
+	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	pc.boots[id]++
 	logf, err := os.Create(filepath.Join(pc.dir, fmt.Sprintf("node%d.%d.log", id, pc.boots[id])))
 	if err != nil {
 		pc.t.Fatal(err)
 	}
-	cmd := exec.Command(pc.bin, "--id", fmt.Sprint(id), "--listen", strings.TrimPrefix(pc.urls[id], "http://"),
-		"--peers", pc.peers, "--data", filepath.Join(pc.dir, fmt.Sprint(id)),
-		"--heartbeat", "20ms", "--election-timeout", "150ms", "--request-timeout", "2s")
+	args := append([]string{"--id", fmt.Sprint(id), "--listen", strings.TrimPrefix(pc.urls[id], "http://")}, flags...)
+	cmd := exec.Command(pc.bin, append(args, "--data", filepath.Join(pc.dir, fmt.Sprint(id)),
+		"--heartbeat", "20ms", "--election-timeout", "150ms", "--request-timeout", "2s")...)
 	cmd.Env = append(os.Environ(), "PAXOSLOG_CLUSTER_KEY=procs-test")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"sync"
@@ -69,7 +70,10 @@ const lazyOwnAcceptMinGap = 250 * time.Microsecond
 // stepping down and a new one is made for each ballot won. Guarded by
 // Proposer.mu.
 type leaderState struct {
-	mem         *membership // the membership this leadership decides slots under
+	mem         *membership   // the membership that governs the slots this leadership opens (M1)
+	changeSlot  Slot          // a membership change in flight there: no slot after it opens (M3); 0: none
+	changeTo    *membership   // the membership changeSlot sets
+	changed     chan struct{} // closed when changeSlot is chosen (or leadership ends)
 	ballot      Ballot
 	start       Slot // first slot this ballot decided (P3)
 	nextSlot    Slot // next slot for new values (P1)
@@ -80,6 +84,8 @@ type leaderState struct {
 	queued      map[EntryID]bool
 	contact     map[NodeID]time.Time     // last OK heartbeat reply per peer
 	peerApplied map[NodeID]Slot          // last applied slot each peer reported
+	lastReply   map[NodeID]time.Time     // when each peer last answered a heartbeat, OK or not
+	peerJoined  map[NodeID]bool          // each peer's last heartbeat reply: it serves as a member
 	draining    bool                     // handing off: open no new slots
 	since       time.Time                // when leadership began
 	commitCh    chan struct{}            // closed and replaced when commit advances
@@ -185,7 +191,9 @@ func (p *Proposer) tick(ctx context.Context) {
 	}
 	ls := p.ls
 	if ls == nil {
-		due := now.After(p.electionDeadline) && p.n.serving() // a node that does not serve does not vote, so does not campaign
+		// A node that does not serve, or is no voter, does not vote, so
+		// does not campaign.
+		due := now.After(p.electionDeadline) && p.n.serving() && p.n.config().isVoter(p.n.cfg.ID)
 		p.mu.Unlock()
 		if due {
 			p.campaign(ctx)
@@ -206,9 +214,20 @@ func (p *Proposer) tick(ctx context.Context) {
 		}
 	}
 	commit := ls.commit
+	promote := p.caughtUpLocked(ls, now)
 	p.mu.Unlock()
 	if len(stale) > 0 {
 		p.sendAccept(ls, stale, commit)
+	}
+	if promote != 0 {
+		if _, err := p.proposeChange(func(m *membership) (*membership, error) {
+			if x, ok := m.get(promote); !ok || x.Voter {
+				return nil, errNoChange
+			}
+			return m.withPromoted(promote), nil
+		}); err == nil {
+			p.n.log.Info("promoting a caught-up non-voter", "id", promote)
+		}
 	}
 }
 
@@ -355,7 +374,7 @@ func (p *Proposer) forget(id EntryID) {
 // p.mu.
 func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 	var vals []SlotValue
-	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight && !ls.draining {
+	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight && !ls.draining && ls.changeSlot == 0 {
 		if len(ls.inflight) > 0 && len(ls.queue) < p.n.cfg.MaxBatch/4 {
 			break
 		}
@@ -381,7 +400,13 @@ func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 }
 
 func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue {
-	ls.inflight[s] = &proposal{value: v, acks: newQuorum(ls.mem.voters()), sent: time.Now()}
+	return p.proposeUnderLocked(ls, s, v, ls.mem)
+}
+
+// proposeUnderLocked opens slot s for v, decided by a majority of m's
+// voters: the membership that governs s (M1).
+func (p *Proposer) proposeUnderLocked(ls *leaderState, s Slot, v Value, m *membership) SlotValue {
+	ls.inflight[s] = &proposal{value: v, acks: newQuorum(m.voters()), sent: time.Now()}
 	return SlotValue{Slot: s, Value: v}
 }
 
@@ -412,18 +437,19 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	}
 	p.mu.Lock()
 	ctx := p.ctx
+	targets := p.acceptTargetsLocked(ls, vals)
 	// Counted as told when sent, not when answered: the answer waits for
 	// the peer's fsync, and a learn message sent meanwhile would only
 	// repeat what is on its way. Should the accept be lost, the next
 	// accept or heartbeat carries the commit.
-	for _, to := range ls.mem.voters() {
+	for _, to := range targets {
 		if commit > ls.sentCommit[to] {
 			ls.sentCommit[to] = commit
 		}
 	}
 	lazy := p.lazyOwnAcceptLocked(ls, vals)
 	p.mu.Unlock()
-	for _, to := range ls.mem.voters() {
+	for _, to := range targets {
 		if lazy && to == p.n.cfg.ID {
 			p.n.workers.Go(func() { p.acceptOwnLazily(ls, req, vals) })
 			continue
@@ -438,6 +464,54 @@ func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 			p.onAccepted(ls, to, vals, resp)
 		})
 	}
+}
+
+// acceptTargetsLocked returns the voters that decide any of vals: those
+// of the membership each slot is proposed under, which is the same for
+// all but recovered slots on both sides of a change (M1).
+func (p *Proposer) acceptTargetsLocked(ls *leaderState, vals []SlotValue) []NodeID {
+	base := ls.mem.voters()
+	mixed := false
+	for _, sv := range vals {
+		if prop := ls.inflight[sv.Slot]; prop != nil && !sameIDs(prop.acks.voters, base) {
+			mixed = true
+			break
+		}
+	}
+	if !mixed {
+		return base
+	}
+	var out []NodeID
+	seen := map[NodeID]bool{}
+	for _, sv := range vals {
+		voters := base
+		if prop := ls.inflight[sv.Slot]; prop != nil {
+			voters = prop.acks.voters
+		}
+		for _, id := range voters {
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
+// sameIDs reports whether a and b list the same ids in the same order.
+func sameIDs(a, b []NodeID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // lazyOwnAcceptLocked decides whether this node's acceptance of vals is
@@ -582,6 +656,9 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 	if len(newly) > 0 {
 		close(ls.commitCh)
 		ls.commitCh = make(chan struct{})
+		if ls.changeSlot != 0 && ls.commit >= ls.changeSlot {
+			p.finishChangeLocked(ls)
+		}
 		p.commitAdvancedLocked(ls)
 		// What gathered while these slots were in flight goes out before
 		// they are applied here: the next round overlaps the apply.
@@ -592,6 +669,136 @@ func (p *Proposer) onAccepted(ls *leaderState, from NodeID, vals []SlotValue, re
 	if len(newly) > 0 {
 		p.n.learner.chosen(newly...)
 	}
+}
+
+// Membership changes on the leader (membership.go, M1-M5).
+
+// errNoChange: the change asked for leaves the membership as it is.
+var errNoChange = errors.New("membership already so")
+
+// errChangeUnderWay: a membership change is in flight; one at a time.
+var errChangeUnderWay = &apiError{409, "another membership change is under way; try again once it is done"}
+
+// promoteLag is how many slots behind the leader's commit a non-voter may
+// be and still be caught up enough to become a voter.
+const promoteLag = 64
+
+// proposeChange, on the leader, proposes the membership that change makes
+// of the current one, in the next slot, and opens no slot after it until
+// it is chosen (M3). It returns a channel closed once it is chosen, or
+// once this leadership ends (then its outcome is unknown).
+func (p *Proposer) proposeChange(change func(*membership) (*membership, error)) (*pendingChange, error) {
+	p.mu.Lock()
+	ls := p.ls
+	if ls == nil {
+		p.mu.Unlock()
+		return nil, ErrNotLeader
+	}
+	if ls.changeSlot != 0 || ls.commit < ls.recoverTo || ls.draining {
+		p.mu.Unlock()
+		return nil, errChangeUnderWay
+	}
+	next, err := change(ls.mem)
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
+	s := ls.nextSlot
+	ls.nextSlot++
+	ls.changeSlot, ls.changeTo, ls.changed = s, next, make(chan struct{})
+	sv := p.proposeUnderLocked(ls, s, Value{Entries: []Entry{membershipEntry(next)}}, ls.mem)
+	pc := &pendingChange{to: next, slot: s, ballot: ls.ballot, chosen: ls.changed, lost: ls.done}
+	commit := ls.commit
+	p.mu.Unlock()
+	p.n.log.Info("proposing a membership change", "slot", s, "members", next.String())
+	p.sendAccept(ls, []SlotValue{sv}, commit)
+	return pc, nil
+}
+
+// pendingChange is a membership change proposed by this leadership.
+type pendingChange struct {
+	to     *membership
+	slot   Slot            // where it is proposed
+	ballot Ballot          // under which
+	chosen <-chan struct{} // closed once it is chosen
+	lost   <-chan struct{} // closed if the leadership ends first: its outcome is unknown
+}
+
+// finishChangeLocked: the change in flight is chosen. New slots go under
+// the new membership; its new members get heartbeats; a leader that is no
+// voter any more steps down and hands over to the voter furthest along.
+func (p *Proposer) finishChangeLocked(ls *leaderState) {
+	old := ls.mem
+	ls.mem, ls.changeSlot, ls.changeTo = ls.changeTo, 0, nil
+	if ls.changed != nil {
+		close(ls.changed)
+		ls.changed = nil
+	}
+	p.n.log.Info("membership changed", "from", old.String(), "to", ls.mem.String())
+	for _, id := range ls.mem.ids() {
+		if id != p.n.cfg.ID && ls.learnKick[id] == nil {
+			ls.learnKick[id] = make(chan struct{}, 1)
+			go p.heartbeat(p.ctx, ls, id)
+		}
+	}
+	if ls.mem.isVoter(p.n.cfg.ID) {
+		return
+	}
+	var target NodeID
+	var best Slot
+	for _, id := range ls.mem.voters() {
+		if a := ls.peerApplied[id]; target == 0 || a > best {
+			target, best = id, a
+		}
+	}
+	p.stepDownLocked("removed from the membership")
+	// Tell every member the commit that removed this node (no heartbeat
+	// will), then ask the voter furthest along to campaign at once.
+	learn := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: ls.commit}
+	tell := append(append([]NodeID(nil), old.ids()...), ls.mem.ids()...)
+	go func() {
+		cctx, cancel := context.WithTimeout(context.Background(), p.n.cfg.ElectionTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, id := range tell {
+			if id == p.n.cfg.ID {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var resp LearnResp
+				p.n.call(cctx, id, methodLearn, learn, &resp) // best effort: heartbeats of the next leader follow
+			}()
+		}
+		wg.Wait()
+		if target == 0 {
+			return
+		}
+		var resp TimeoutNowResp
+		if err := p.n.call(cctx, target, methodTimeoutNow, TimeoutNowReq{From: p.n.cfg.ID}, &resp); err != nil {
+			p.n.log.Warn("handoff after removal failed", "to", target, "err", err)
+		}
+	}()
+}
+
+// caughtUpLocked returns a non-voter that has caught up with this
+// leader's commit (its heartbeat replies say how far it applied) while
+// no change is in flight, or 0.
+func (p *Proposer) caughtUpLocked(ls *leaderState, now time.Time) NodeID {
+	if ls.changeSlot != 0 || ls.commit < ls.recoverTo || ls.draining {
+		return 0
+	}
+	for _, x := range ls.mem.Members {
+		t, heard := ls.lastReply[x.ID]
+		if x.Voter || !heard || now.Sub(t) > p.n.cfg.ElectionTimeout || !ls.peerJoined[x.ID] {
+			continue
+		}
+		if ls.peerApplied[x.ID]+promoteLag >= ls.commit {
+			return x.ID
+		}
+	}
+	return 0
 }
 
 // nextBallot returns a ballot of this node's above every round it has
@@ -739,21 +946,111 @@ func (p *Proposer) campaign(ctx context.Context) {
 	if !ok {
 		return
 	}
-	// P3: learn everything some promiser has compacted before leading.
-	var need Slot
-	var needFrom NodeID
-	for id, pr := range promises {
-		if pr.Floor > need {
-			need, needFrom = pr.Floor, id
+	var start, recoverTo Slot
+	var base *membership
+	var best map[Slot]SlotValue
+	for {
+		// P3: learn everything some promiser has compacted before leading.
+		var need Slot
+		var needFrom NodeID
+		for id, pr := range promises {
+			if pr.Floor > need {
+				need, needFrom = pr.Floor, id
+			}
 		}
-	}
-	if need >= from {
-		if err := p.n.learner.waitApplied(cctx, need, needFrom); err != nil {
-			p.n.log.Debug("campaign: catch-up failed", "ballot", b.String(), "err", err)
+		if need > p.n.learner.Applied() {
+			if err := p.n.learner.waitApplied(cctx, need, needFrom); err != nil {
+				p.n.log.Debug("campaign: catch-up failed", "ballot", b.String(), "err", err)
+				return
+			}
+		}
+		// M4: promises from a majority of the membership that governs
+		// start (read with it: M1), and of each one that a recovered
+		// change sets after it.
+		var applied Slot
+		applied, base = p.n.learner.appliedAndConfig()
+		start = applied + 1
+		best, recoverTo = bestAccepted(promises, start)
+		short := base
+		if hasMajority(base, promises) {
+			short = nil
+			cur := base
+			for s := start; s <= recoverTo; s++ {
+				if next := changeIn(best[s].Value, cur); next != nil {
+					cur = next
+					if !hasMajority(cur, promises) {
+						short = cur
+						break
+					}
+				}
+			}
+		}
+		if short == nil {
+			break
+		}
+		if !p.askPromises(cctx, b, from, short, promises) {
 			return
 		}
 	}
-	start := p.n.learner.Applied() + 1
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.maxRound != b.Round || p.ls != nil || ctx.Err() != nil {
+		return // outbid while campaigning
+	}
+	ls := &leaderState{
+		mem:    base,
+		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
+		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
+		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), lastReply: make(map[NodeID]time.Time),
+		peerJoined: make(map[NodeID]bool), since: time.Now(),
+		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
+		forwarded: make(map[EntryID]NodeID), forwardSlot: make(map[NodeID]Slot),
+		learnKick: make(map[NodeID]chan struct{}),
+	}
+	// Recovered slots go under the membership that governs each (M1); a
+	// recovered change holds back new slots until it is chosen (M3).
+	var vals []SlotValue
+	cur := base
+	for s := start; s <= recoverTo; s++ {
+		v := best[s].Value // P2: a no-op if none
+		vals = append(vals, p.proposeUnderLocked(ls, s, v, cur))
+		if next := changeIn(v, cur); next != nil {
+			ls.mem, ls.changeSlot, ls.changeTo, ls.changed = cur, s, next, make(chan struct{})
+			cur = next
+		}
+	}
+	heard := map[NodeID]bool{}
+	for _, m := range []*membership{base, cur} {
+		for _, id := range m.ids() {
+			if id != p.n.cfg.ID && !heard[id] {
+				heard[id] = true
+				ls.learnKick[id] = make(chan struct{}, 1)
+			}
+		}
+	}
+	p.ls = ls
+	p.leader, p.leaderBallot = p.n.cfg.ID, b
+	p.n.metrics.isLeader.Set(1)
+	p.n.metrics.leader.Set(float64(p.n.cfg.ID))
+	p.n.metrics.leaderChanges.Inc()
+	p.n.log.Info("leading", "ballot", b.String(), "start", start, "recover_to", recoverTo)
+	if len(vals) > 0 {
+		go p.sendAccept(ls, vals, ls.commit)
+	}
+	if p.n.ClusterID() == "" && !holdsGenesis(best) {
+		go p.proposeGenesis(ctx, ls)
+	}
+	for id := range ls.learnKick {
+		go p.heartbeat(ctx, ls, id)
+	}
+	p.wake()
+}
+
+// bestAccepted returns, for every slot from start on that any promise
+// reports, the value accepted under the highest ballot (Paxos's rule), and
+// the highest such slot (start-1 if none).
+func bestAccepted(promises map[NodeID]Promise, start Slot) (map[Slot]SlotValue, Slot) {
 	best := make(map[Slot]SlotValue)
 	recoverTo := start - 1
 	for _, pr := range promises {
@@ -767,48 +1064,64 @@ func (p *Proposer) campaign(ctx context.Context) {
 			recoverTo = max(recoverTo, sv.Slot)
 		}
 	}
+	return best, recoverTo
+}
 
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.maxRound != b.Round || p.ls != nil || ctx.Err() != nil {
-		return // outbid while campaigning
-	}
-	ls := &leaderState{
-		mem:    mem,
-		ballot: b, start: start, nextSlot: recoverTo + 1, commit: start - 1, recoverTo: recoverTo,
-		inflight: make(map[Slot]*proposal), queued: make(map[EntryID]bool),
-		contact: make(map[NodeID]time.Time), peerApplied: make(map[NodeID]Slot), since: time.Now(),
-		commitCh: make(chan struct{}), done: make(chan struct{}), sentCommit: make(map[NodeID]Slot),
-		forwarded: make(map[EntryID]NodeID), forwardSlot: make(map[NodeID]Slot),
-		learnKick: make(map[NodeID]chan struct{}),
-	}
-	for _, id := range ls.mem.ids() {
-		if id != p.n.cfg.ID {
-			ls.learnKick[id] = make(chan struct{}, 1)
+// hasMajority reports whether promises come from a majority of m's voters.
+func hasMajority(m *membership, promises map[NodeID]Promise) bool {
+	n := 0
+	for _, id := range m.voters() {
+		if _, ok := promises[id]; ok {
+			n++
 		}
 	}
-	p.ls = ls
-	p.leader, p.leaderBallot = p.n.cfg.ID, b
-	p.n.metrics.isLeader.Set(1)
-	p.n.metrics.leader.Set(float64(p.n.cfg.ID))
-	p.n.metrics.leaderChanges.Inc()
-	p.n.log.Info("leading", "ballot", b.String(), "start", start, "recover_to", recoverTo)
-	var vals []SlotValue
-	for s := start; s <= recoverTo; s++ {
-		vals = append(vals, p.newProposalLocked(ls, s, best[s].Value)) // P2: no-op if none
+	return n >= m.quorum()
+}
+
+// askPromises sends prepare to the voters of m that have not promised yet
+// and adds their promises, until a majority of m's voters has promised
+// (true), or one refuses, or too few answer before ctx ends (false).
+func (p *Proposer) askPromises(ctx context.Context, b Ballot, from Slot, m *membership, promises map[NodeID]Promise) bool {
+	type reply struct {
+		from NodeID
+		pr   Promise
+		err  error
 	}
-	if len(vals) > 0 {
-		go p.sendAccept(ls, vals, ls.commit)
-	}
-	if p.n.ClusterID() == "" && !holdsGenesis(best) {
-		go p.proposeGenesis(ctx, ls)
-	}
-	for _, id := range ls.mem.ids() {
-		if id != p.n.cfg.ID {
-			go p.heartbeat(ctx, ls, id)
+	var ask []NodeID
+	for _, id := range m.voters() {
+		if _, ok := promises[id]; !ok {
+			ask = append(ask, id)
 		}
 	}
-	p.wake()
+	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from}
+	replies := make(chan reply, len(ask))
+	for _, to := range ask {
+		go func() {
+			var pr Promise
+			err := p.n.call(ctx, to, methodPrepare, req, &pr)
+			replies <- reply{to, pr, err}
+		}()
+	}
+	for range ask {
+		var r reply
+		select {
+		case r = <-replies:
+		case <-ctx.Done():
+			return false
+		}
+		if r.err != nil {
+			continue
+		}
+		if !r.pr.OK {
+			p.observe(r.pr.Promised)
+			return false
+		}
+		promises[r.from] = r.pr
+		if hasMajority(m, promises) {
+			return true
+		}
+	}
+	return hasMajority(m, promises)
 }
 
 // gatherPromises sends prepare to every member and waits for a majority of
@@ -869,7 +1182,9 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot, vote
 func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 	t := time.NewTicker(p.n.cfg.HeartbeatInterval)
 	defer t.Stop()
+	p.mu.Lock()
 	kick := ls.learnKick[to]
+	p.mu.Unlock()
 	beat := true // a heartbeat goes out even when there is no news
 	for {
 		p.mu.Lock()
@@ -878,11 +1193,19 @@ func (p *Proposer) heartbeat(ctx context.Context, ls *leaderState, to NodeID) {
 		if commit > ls.sentCommit[to] {
 			ls.sentCommit[to] = commit
 		}
+		_, member := ls.mem.get(to)
+		if ls.changeTo != nil {
+			_, next := ls.changeTo.get(to)
+			member = member || next
+		}
 		p.mu.Unlock()
-		if beat || !carried {
+		if beat || !carried || !member {
 			if err := p.sendLearn(ctx, ls, to, commit); err != nil {
 				p.n.log.Debug("heartbeat failed", "to", to, "err", err)
 			}
+		}
+		if !member {
+			return // removed: told of the commit that removed it, once more
 		}
 		select {
 		case <-ctx.Done():
@@ -970,6 +1293,8 @@ func (p *Proposer) sendLearn(ctx context.Context, ls *leaderState, to NodeID, co
 	defer p.mu.Unlock()
 	if p.ls == ls {
 		ls.peerApplied[to] = resp.Applied
+		ls.lastReply[to] = time.Now()
+		ls.peerJoined[to] = resp.Joined
 		if resp.OK {
 			ls.contact[to] = time.Now()
 		} else if ls.ballot.Less(resp.Promised) {
@@ -1054,33 +1379,59 @@ func (p *Proposer) readRounds(ls *leaderState) {
 	}
 }
 
-// confirmLeadership asks every member whether it still follows ls's
-// ballot and reports whether a majority does.
+// confirmLeadership asks the voters whether they still follow ls's ballot
+// and reports whether a majority does: of the membership that governs the
+// slots this leadership opens and, while a change is in flight, of the
+// one it sets as well (a later leader may go by either: M4).
 func (p *Proposer) confirmLeadership(ctx context.Context, ls *leaderState, commit Slot) bool {
 	ctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
 	defer cancel()
-	replies := make(chan bool, len(ls.mem.voters()))
+	p.mu.Lock()
+	mems := []*membership{ls.mem}
+	if ls.changeTo != nil {
+		mems = append(mems, ls.changeTo)
+	}
+	p.mu.Unlock()
+	var ask []NodeID
+	seen := map[NodeID]bool{}
+	for _, m := range mems {
+		for _, id := range m.voters() {
+			if !seen[id] {
+				seen[id] = true
+				ask = append(ask, id)
+			}
+		}
+	}
+	type reply struct {
+		from NodeID
+		ok   bool
+	}
+	replies := make(chan reply, len(ask))
 	req := LearnReq{From: p.n.cfg.ID, Ballot: ls.ballot, Commit: commit}
-	for _, to := range ls.mem.voters() {
+	for _, to := range ask {
 		go func() {
 			var resp LearnResp
 			err := p.n.call(ctx, to, methodLearn, req, &resp)
-			replies <- err == nil && resp.OK
+			replies <- reply{to, err == nil && resp.OK}
 		}()
 	}
-	oks := 0
-	for range ls.mem.voters() {
+	oks := map[NodeID]Promise{}
+	for range ask {
 		select {
-		case ok := <-replies:
-			if ok {
-				oks++
+		case r := <-replies:
+			if r.ok {
+				oks[r.from] = Promise{}
 			}
 		case <-ctx.Done():
 			return false
 		case <-ls.done:
 			return false
 		}
-		if oks >= ls.mem.quorum() {
+		all := true
+		for _, m := range mems {
+			all = all && hasMajority(m, oks)
+		}
+		if all {
 			return true
 		}
 	}
@@ -1145,6 +1496,7 @@ func (p *Proposer) anyPeer() NodeID {
 // PeerStatus is what this node knows of another member.
 type PeerStatus struct {
 	ID          NodeID  `json:"id"`
+	Voter       bool    `json:"voter"`
 	LastContact float64 `json:"last_contact_seconds_ago"` // -1: never, or not leading
 	Applied     Slot    `json:"applied_slot"`
 	Lag         Slot    `json:"lag_slots"` // slots behind this leader's commit
@@ -1155,11 +1507,12 @@ func (p *Proposer) peers() []PeerStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := []PeerStatus{}
-	for _, id := range p.n.config().ids() {
+	mem := p.n.config()
+	for _, id := range mem.ids() {
 		if id == p.n.cfg.ID {
 			continue
 		}
-		ps := PeerStatus{ID: id, LastContact: -1}
+		ps := PeerStatus{ID: id, Voter: mem.isVoter(id), LastContact: -1}
 		if ls := p.ls; ls != nil {
 			if t, ok := ls.contact[id]; ok {
 				ps.LastContact = time.Since(t).Seconds()
@@ -1172,6 +1525,23 @@ func (p *Proposer) peers() []PeerStatus {
 		out = append(out, ps)
 	}
 	return out
+}
+
+// MembershipChange is a membership change in flight on this leader.
+type MembershipChange struct {
+	Slot    Slot     `json:"slot"`
+	Members []member `json:"members"` // the membership it sets
+}
+
+// changeInFlight returns the membership change in flight, if this node
+// leads and one is.
+func (p *Proposer) changeInFlight() *MembershipChange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ls := p.ls; ls != nil && ls.changeTo != nil {
+		return &MembershipChange{Slot: ls.changeSlot, Members: append([]member(nil), ls.changeTo.Members...)}
+	}
+	return nil
 }
 
 // handoff, on the leader, passes leadership to the most up-to-date peer

@@ -264,7 +264,7 @@ func (n *Node) startPhase(accDamaged, accEmpty, accVoted, logEmpty bool) (phase,
 		if id.Nonce == 0 {
 			id.Nonce = randomUint64()
 		}
-		if len(n.cfg.Members) == 1 {
+		if len(n.cfg.Members) == 1 && len(n.cfg.Join) == 0 {
 			// Alone: every member (this one) is blank, so the cluster is
 			// new. The acceptor's first record goes first: a crash before
 			// IDENTITY is written leaves a journal with state and no
@@ -298,6 +298,9 @@ func (n *Node) startMembership() *membership {
 	rec := n.identity.Membership
 	n.idMu.Unlock()
 	if rec == nil {
+		if len(n.cfg.Join) > 0 {
+			return newMembership(nil, 0, nil) // a joining node knows no membership until it is in one
+		}
 		return flagMembership(n.cfg.Members, n.cfg.PeerURLs)
 	}
 	m := newMembership(rec.Members, rec.Slot, rec.Removed)
@@ -319,6 +322,11 @@ func (n *Node) adoptMembership(m *membership) {
 		return
 	}
 	n.mem.Store(m)
+	n.metrics.members.Set(float64(len(m.ids())))
+	n.metrics.voters.Set(float64(len(m.voters())))
+	if cur != nil && cur.Slot != 0 {
+		n.metrics.memberChanges.Inc()
+	}
 	if n.onMembership != nil {
 		n.onMembership(m)
 	}
@@ -452,6 +460,9 @@ type HelloResp struct {
 	Nonce      uint64    `json:"nonce,omitempty"`
 	Founders   []founder `json:"founders,omitempty"`
 	Recovering bool      `json:"recovering,omitempty"`
+	// Membership is the membership the member goes by (a joining node
+	// waits until it is in it).
+	Membership *membership `json:"membership,omitempty"`
 }
 
 func (n *Node) onHello(HelloReq) HelloResp {
@@ -462,9 +473,9 @@ func (n *Node) onHello(HelloReq) HelloResp {
 	case phaseDiscovering:
 		return HelloResp{State: "blank", Nonce: id.Nonce}
 	case phaseRecovering:
-		return HelloResp{Cluster: id.Cluster, State: "member", Recovering: true, Founders: id.Founders}
+		return HelloResp{Cluster: id.Cluster, State: "member", Recovering: true, Founders: id.Founders, Membership: n.config()}
 	}
-	return HelloResp{Cluster: id.Cluster, State: "member", Founders: id.Founders}
+	return HelloResp{Cluster: id.Cluster, State: "member", Founders: id.Founders, Membership: n.config()}
 }
 
 // others returns every member but this node.
@@ -521,6 +532,10 @@ func (w *waitLog) due() bool {
 // discover runs while the node is blank: it asks every member who it is
 // until it can tell a new cluster (found) from one with a past (recover).
 func (n *Node) discover(ctx context.Context) {
+	if len(n.cfg.Join) > 0 {
+		n.join(ctx)
+		return
+	}
 	n.idMu.Lock()
 	nonce := n.identity.Nonce
 	n.idMu.Unlock()
@@ -606,6 +621,86 @@ func (n *Node) discover(ctx context.Context) {
 	}
 }
 
+// join runs while a blank node started to join a running cluster
+// (--join) is not a member yet: it asks the nodes it was given until one
+// answers with a membership that lists it. Added as a non-voter, it has
+// never promised or accepted anything (its id is new: M5), so it starts
+// with empty acceptor state and learns the log; listed as a voter, its
+// disk was lost, and it rebuilds (recovering).
+func (n *Node) join(ctx context.Context) {
+	n.log.Info("joining: waiting to be added to the cluster", "ask", len(n.cfg.Join))
+	var wl waitLog
+	for {
+		answers := n.helloVia(ctx, n.cfg.Join)
+		for _, a := range answers {
+			if a.Membership == nil || a.Recovering {
+				continue
+			}
+			x, ok := a.Membership.get(n.cfg.ID)
+			if !ok {
+				continue
+			}
+			n.adoptCluster(a.Cluster, "the cluster joined")
+			n.adoptMembership(a.Membership)
+			if x.Voter {
+				n.log.Info("this node is a voter already: its disk was lost; it rebuilds before it votes")
+				if err := n.updateIdentity(func(id *identity) { id.State, id.Nonce = "recovering", 0 }); err != nil {
+					n.fatal(err)
+					return
+				}
+				n.setPhase(phaseRecovering)
+				n.metrics.recovering.Set(1)
+				n.rebuild(ctx)
+				return
+			}
+			if err := n.acceptor.install(Ballot{}, 0, 0, nil); err != nil {
+				n.storageFailed(err)
+				return
+			}
+			if err := n.updateIdentity(func(id *identity) { id.State, id.Nonce = "member", 0 }); err != nil {
+				n.fatal(err)
+				return
+			}
+			n.setPhase(phaseServing)
+			n.log.Info("joined the cluster as a non-voter; a voter once caught up", "members", a.Membership.String())
+			n.proposer.wake()
+			return
+		}
+		if wl.due() {
+			n.log.Info("waiting to be added: POST /v1/admin/members on a member", "id", n.cfg.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(n.cfg.ElectionTimeout):
+		}
+	}
+}
+
+// helloVia asks ids who they are and returns the answers.
+func (n *Node) helloVia(ctx context.Context, ids []NodeID) []HelloResp {
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.ElectionTimeout)
+	defer cancel()
+	out := make(chan *HelloResp, len(ids))
+	for _, to := range ids {
+		go func() {
+			var r HelloResp
+			if err := n.call(cctx, to, methodHello, HelloReq{From: n.cfg.ID}, &r); err != nil {
+				out <- nil
+				return
+			}
+			out <- &r
+		}()
+	}
+	var answers []HelloResp
+	for range ids {
+		if r := <-out; r != nil {
+			answers = append(answers, *r)
+		}
+	}
+	return answers
+}
+
 // sortedKeys returns m's keys in order.
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -640,7 +735,13 @@ func (n *Node) found(founders []founder, why string) {
 // rebuild restores the acceptor's state from a majority of the other
 // members (steps 1-4 at the top of this file) and then lets the node vote.
 func (n *Node) rebuild(ctx context.Context) {
-	if len(n.others()) < n.quorumSize() {
+	otherVoters := 0
+	for _, id := range n.config().voters() {
+		if id != n.cfg.ID {
+			otherVoters++
+		}
+	}
+	if otherVoters < n.quorumSize() {
 		n.fatal(fmt.Errorf("the acceptor state under --data %s is missing or damaged, and a cluster of %d has too few other members to rebuild it from (a majority of the cluster among them): restore --data from a backup",
 			n.cfg.DataDir, len(n.config().voters())))
 		return

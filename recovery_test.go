@@ -320,6 +320,16 @@ func TestDamagedAcceptorRecordRebuilds(t *testing.T) {
 		c.mustAppend(leader, fmt.Sprintf(`"a%d"`, i))
 	}
 	victim := leader%3 + 1
+	// Damage to the records of the last fsync before a crash cannot be
+	// told from a torn write (tailDamage): wait for the idle seal, whose
+	// synced mark covers every record before it.
+	acc := c.node(victim).acceptor
+	waitFor(t, 5*time.Second, "the victim's acceptor journal to be sealed", func() bool {
+		acc.mu.Lock()
+		defer acc.mu.Unlock()
+		_, last := acc.journal.Bounds()
+		return acc.sealed == last && last > 5
+	})
 	c.crash(victim)
 	damageRecord(t, c.dirs[victim], "acceptor", 5)
 	for i := 0; i < 5; i++ {
