@@ -197,6 +197,9 @@ type testCluster struct {
 	acked   map[string]Index  // data -> index acknowledged to a client
 	armed   map[NodeID]string // crash the node at this acceptor hook point
 	boots   int
+
+	memMu  sync.Mutex
+	chosen map[Slot]*membership // every membership a node adopted, by the slot that chose it
 }
 
 func testConfig() Config {
@@ -226,7 +229,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 	c := &testCluster{
 		t: t, net: newMemNet(seed), dirs: map[NodeID]string{}, seed: seed, cfg: testConfig(),
 		nodes: map[NodeID]*testNode{}, acked: map[string]Index{}, joiners: map[NodeID]bool{},
-		life: map[NodeID]*sync.Mutex{}, armed: map[NodeID]string{},
+		life: map[NodeID]*sync.Mutex{}, armed: map[NodeID]string{}, chosen: map[Slot]*membership{},
 	}
 	if tweak != nil {
 		tweak(&c.cfg)
@@ -271,6 +274,7 @@ func (c *testCluster) start(id NodeID) {
 	if err != nil {
 		c.t.Fatalf("start node %d: %v", id, err)
 	}
+	n.onMembership = func(m *membership) { c.recordMembership(id, m) }
 	n.acceptor.hook = func(point string) error {
 		c.mu.Lock()
 		fire := c.armed[id] == point

@@ -132,7 +132,8 @@ func (m *ForwardReq) UnmarshalBinary(p []byte) error {
 }
 
 // MarshalBinary encodes m in the binary form: 'C' (1 byte), len(cluster),
-// cluster, through, compacted (0 or 1), first, first slot, slot values.
+// cluster, through, compacted (0 or 1), first, first slot, slot values,
+// then the length of the memberships' JSON and that JSON (0: none).
 func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 48+len(m.Cluster)+valuesSize(m.Values))
 	b = append(b, tagCatchup)
@@ -148,9 +149,9 @@ func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(m.FirstSlot))
 	b = appendSlotValues(b, m.Values)
 	var mem []byte
-	if m.Membership != nil {
+	if len(m.Memberships) > 0 {
 		var err error
-		if mem, err = json.Marshal(m.Membership); err != nil {
+		if mem, err = json.Marshal(m.Memberships); err != nil {
 			return nil, err
 		}
 	}
@@ -171,9 +172,8 @@ func (m *CatchupResp) UnmarshalBinary(p []byte) error {
 	m.First, m.FirstSlot = Index(d.uvarint()), Slot(d.uvarint())
 	m.Values = d.slotValues()
 	if mem := d.bytes(d.uvarint()); len(mem) > 0 && d.err == nil {
-		m.Membership = new(membership)
-		if err := json.Unmarshal(mem, m.Membership); err != nil {
-			d.fail(fmt.Errorf("membership: %w", err))
+		if err := json.Unmarshal(mem, &m.Memberships); err != nil {
+			d.fail(fmt.Errorf("memberships: %w", err))
 		}
 	}
 	return d.end("catch-up reply")

@@ -61,8 +61,10 @@ func TestCodecRoundTrip(t *testing.T) {
 			FirstSlot: Slot(rng.Intn(1000)), Values: randomSlotValues(rng, rng.Intn(4))}
 		if rng.Intn(2) == 0 {
 			cu.Cluster = newClusterID()
-			cu.Membership = newMembership([]member{{ID: 1, URL: "http://a", Voter: true}, {ID: NodeID(2 + rng.Intn(5)), URL: "http://b"}},
-				Slot(rng.Intn(100)), []NodeID{9})
+			for k := rng.Intn(3) + 1; k > 0; k-- {
+				cu.Memberships = append(cu.Memberships, newMembership([]member{{ID: 1, URL: "http://a", Voter: true}, {ID: NodeID(2 + rng.Intn(5)), URL: "http://b"}},
+					Slot(rng.Intn(100)), []NodeID{9}))
+			}
 		}
 		body, _ = cu.MarshalBinary()
 		var gotCu CatchupResp

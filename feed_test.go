@@ -23,7 +23,8 @@ import (
 // feed_test.go: the live feed and idempotent appends.
 
 // consumer follows one node's feed, reconnecting (to the same node, once
-// it is back) from the index after the last one it saw.
+// it is back, or once it is a member) from the index after the last one
+// it saw.
 type consumer struct {
 	mu   sync.Mutex
 	seen []string
@@ -51,6 +52,10 @@ func (c *testCluster) follow(ctx context.Context, id NodeID) *consumer {
 				}
 				return nil
 			}, nil)
+			if errors.Is(err, ErrNotMember) {
+				time.Sleep(5 * time.Millisecond) // not a member (yet, or any more): retry later
+				continue
+			}
 			if err != nil && !errors.Is(err, errJournalClosed) && ctx.Err() == nil {
 				c.t.Errorf("follow node %d: %v", id, err)
 				return

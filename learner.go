@@ -346,17 +346,15 @@ func (l *Learner) remember(i Index, id EntryID, k string) {
 // and more than once; they are applied in slot order.
 func (l *Learner) chosen(vals ...SlotValue) { l.chosenWith(nil, vals...) }
 
-// chosenWith is chosen, plus the membership a peer's catch-up reply
-// carries (the system entries that set it are not in the values it
-// serves): adopted once the slot that set it is applied, with it (M1).
-func (l *Learner) chosenWith(m *membership, vals ...SlotValue) {
+// chosenWith is chosen, plus the memberships a peer's catch-up reply
+// carries (the system entries that set them are not in the values it
+// serves): each adopted once the slot that set it is applied, with it
+// and under the same lock, so the membership read with applied is the
+// one that governs the next slot (M1).
+func (l *Learner) chosenWith(ms []*membership, vals ...SlotValue) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer func() {
-		if m != nil && m.Slot <= l.applied {
-			l.n.adoptMembership(m)
-		}
-	}()
+	defer l.adoptAppliedLocked(ms)
 	for _, sv := range vals {
 		if sv.Slot > l.applied {
 			l.pending[sv.Slot] = sv.Value
@@ -490,10 +488,15 @@ func (l *Learner) applySystem(slot Slot, e Entry) {
 		return
 	}
 	if v.Genesis != "" {
-		if l.n.ClusterID() != "" {
-			return
+		switch cid := l.n.ClusterID(); cid {
+		case "":
+			l.n.adoptCluster(v.Genesis, fmt.Sprintf("genesis entry in slot %d", slot))
+		case v.Genesis:
+			// The identity came first (a hello, a catch-up reply: a
+			// rebuilt disk); the entry still sets the first membership.
+		default:
+			return // a later genesis entry: ignored
 		}
-		l.n.adoptCluster(v.Genesis, fmt.Sprintf("genesis entry in slot %d", slot))
 	}
 	if len(v.Members) > 0 {
 		l.n.adoptMembership(newMembership(v.Members, slot, v.Removed))
@@ -831,7 +834,7 @@ func (l *Learner) catchUp(ctx context.Context) error {
 			l.n.adoptCluster(resp.Cluster, fmt.Sprintf("catch-up from node %d", peer))
 		}
 		if err == nil && resp.Compacted {
-			if err := l.installPrefix(resp.First, resp.FirstSlot, resp.Membership); err != nil {
+			if err := l.installPrefix(resp.First, resp.FirstSlot, resp.Memberships); err != nil {
 				l.n.fatal(err)
 				return err
 			}
@@ -861,7 +864,17 @@ func (l *Learner) catchUp(ctx context.Context) error {
 		for s := from; s <= resp.Through; s++ {
 			vals = append(vals, SlotValue{Slot: s, Value: byslot[s]})
 		}
-		l.chosenWith(resp.Membership, vals...)
+		l.chosenWith(resp.Memberships, vals...)
+	}
+}
+
+// adoptAppliedLocked adopts, oldest first, the memberships of ms whose
+// slots are applied.
+func (l *Learner) adoptAppliedLocked(ms []*membership) {
+	for _, m := range ms {
+		if m != nil && m.Slot <= l.applied {
+			l.n.adoptMembership(m)
+		}
 	}
 }
 
@@ -876,14 +889,10 @@ func (l *Learner) installedSlot() Slot {
 // retained index: its own entries, all older than that, are dropped, and
 // every slot before firstSlot counts as applied. Used when a peer has
 // compacted away what this node would need to catch up entry by entry.
-func (l *Learner) installPrefix(first Index, firstSlot Slot, m *membership) error {
+func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer func() {
-		if m != nil && m.Slot <= l.applied {
-			l.n.adoptMembership(m)
-		}
-	}()
+	defer l.adoptAppliedLocked(ms)
 	if l.last+1 >= first || firstSlot == 0 {
 		return nil // caught up meanwhile
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -216,6 +218,48 @@ func TestRemoveMember(t *testing.T) {
 	c.check()
 }
 
+// TestCatchUpCarriesEveryMembership: a node that was down across several
+// changes, and one that joined after them, learn every membership the
+// log chose through catch-up replies (the system entries that set them
+// are not in the client log served), so each goes by the membership its
+// applied prefix sets and can serve that history on (M1).
+func TestCatchUpCarriesEveryMembership(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	away := leader%3 + 1
+	c.crash(away)
+	c.addNode(4)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 4, URL: "http://four"}})
+	c.mustAppend(leader, `"after 4"`)
+	waitFor(t, 10*time.Second, "node 4 to become a voter", func() bool { return c.node(leader).config().isVoter(4) })
+	c.addNode(5)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 5, URL: "http://five"}})
+	c.mustAppend(leader, `"after 5"`)
+	c.waitVoters(1, 2, 3, 4, 5)
+	c.start(away)
+	c.mustAppend(leader, `"with every node up"`)
+	c.waitVoters(1, 2, 3, 4, 5)
+	c.check()
+	n := c.node(leader)
+	to := n.learner.Applied()
+	want := n.membershipsFor(1, to)
+	if len(want) != 5 { // genesis, add 4, promote 4, add 5, promote 5
+		t.Fatalf("the leader knows %d memberships: %v", len(want), want)
+	}
+	slots := func(ms []*membership) []Slot {
+		var out []Slot
+		for _, m := range ms {
+			out = append(out, m.Slot)
+		}
+		return out
+	}
+	for _, id := range []NodeID{away, 5} {
+		if got := c.node(id).membershipsFor(1, to); !reflect.DeepEqual(slots(got), slots(want)) {
+			t.Fatalf("node %d knows memberships of slots %v, the leader %v", id, slots(got), slots(want))
+		}
+	}
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
@@ -259,4 +303,157 @@ func TestRestartAfterChangesKeepsMembership(t *testing.T) {
 	c.mustAppend(4, `"after restarts"`)
 	c.waitVoters(1, 2, 3, 4)
 	c.check()
+}
+
+// allNodes returns every node the cluster has started, members or not.
+func (c *testCluster) allNodes() []NodeID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]NodeID(nil), c.members...)
+}
+
+// latestMembership returns the membership chosen in the highest slot that
+// any live node knows.
+func (c *testCluster) latestMembership() *membership {
+	var best *membership
+	for _, id := range c.live() {
+		if n := c.node(id); n != nil {
+			if m := n.config(); best == nil || m.Slot > best.Slot || (m.Slot == best.Slot && len(m.ids()) > len(best.ids())) {
+				best = m
+			}
+		}
+	}
+	if best == nil {
+		return newMembership(nil, 0, nil)
+	}
+	return best
+}
+
+// settleMembership waits until every live node in the latest membership
+// goes by it, checks that nodes that applied the same membership slot
+// hold the same membership (they applied the same chosen value), and
+// stops the nodes outside it (a removal, or an add whose outcome stayed
+// unknown and did not happen) so that the checks leave them out.
+func (c *testCluster) settleMembership() {
+	c.t.Helper()
+	var m *membership
+	var lag []string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m, lag = c.latestMembership(), nil
+		for _, id := range m.ids() {
+			if n := c.node(id); n == nil {
+				lag = append(lag, fmt.Sprintf("node %d down", id))
+			} else if got := n.config(); got.Slot != m.Slot {
+				lag = append(lag, fmt.Sprintf("node %d goes by %s from slot %d (phase %v, applied %d)", id, got, got.Slot, n.phase(), n.learner.Applied()))
+			}
+		}
+		if len(lag) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out waiting for the live members to go by %s from slot %d: %s", m, m.Slot, strings.Join(lag, "; "))
+		}
+		time.Sleep(2 * time.Millisecond) // polling interval of a condition wait
+	}
+	for _, id := range c.live() {
+		if n := c.node(id); n != nil {
+			c.recordMembership(id, n.config())
+		}
+	}
+	c.checkMembershipHistory(m)
+	for _, id := range c.allNodes() {
+		if _, ok := m.get(id); !ok {
+			c.dropNode(id)
+		}
+	}
+}
+
+// recordMembership notes that node id adopted m; two nodes that adopt
+// different memberships from one slot fail the test.
+func (c *testCluster) recordMembership(id NodeID, m *membership) {
+	if m.Slot == 0 {
+		return // from the command line, not chosen
+	}
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	if prev, ok := c.chosen[m.Slot]; ok && (!prev.sameMembers(m) || fmt.Sprint(prev.Removed) != fmt.Sprint(m.Removed)) {
+		c.t.Errorf("node %d adopted membership %s (removed %v) from slot %d, another node %s (removed %v)", id, m, m.Removed, m.Slot, prev, prev.Removed)
+		return
+	}
+	c.chosen[m.Slot] = m
+}
+
+// checkMembershipHistory checks the memberships the nodes adopted, in
+// slot order, against the rules of membership.go: each differs from the
+// one before by one change (M2: one member added as a non-voter, one
+// promoted, or one removed), a removed id never comes back (M5), and
+// the last is final, the one every live member goes by.
+func (c *testCluster) checkMembershipHistory(final *membership) {
+	c.t.Helper()
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	var slots []Slot
+	for s := range c.chosen {
+		slots = append(slots, s)
+	}
+	sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
+	if len(slots) == 0 {
+		c.t.Fatal("no membership was adopted")
+	}
+	gone := map[NodeID]bool{}
+	for i, s := range slots {
+		m := c.chosen[s]
+		for _, id := range m.ids() {
+			if gone[id] {
+				c.t.Fatalf("node %d is in the membership of slot %d after its removal", id, s)
+			}
+		}
+		if i == 0 {
+			continue
+		}
+		prev := c.chosen[slots[i-1]]
+		if d := membershipDistance(prev, m); d > 1 {
+			c.t.Fatalf("memberships of slots %d (%s) and %d (%s) differ by %d changes", slots[i-1], prev, s, m, d)
+		}
+		for _, id := range prev.ids() {
+			if _, ok := m.get(id); !ok {
+				gone[id] = true
+			}
+		}
+	}
+	last := c.chosen[slots[len(slots)-1]]
+	if last.Slot != final.Slot || !last.sameMembers(final) {
+		c.t.Fatalf("the live members go by %s from slot %d; the last one adopted is %s from slot %d", final, final.Slot, last, last.Slot)
+	}
+	c.t.Logf("membership history: %d memberships, last %s from slot %d", len(slots), last, last.Slot)
+}
+
+// membershipDistance counts the members added, removed or promoted
+// between a and b.
+func membershipDistance(a, b *membership) int {
+	d := 0
+	for _, x := range a.Members {
+		if y, ok := b.get(x.ID); !ok || y.Voter != x.Voter || y.URL != x.URL {
+			d++
+		}
+	}
+	for _, y := range b.Members {
+		if _, ok := a.get(y.ID); !ok {
+			d++
+		}
+	}
+	return d
+}
+
+// leaderNow returns a live node that believes it leads, 0 if none does.
+func (c *testCluster) leaderNow() NodeID {
+	for _, id := range c.live() {
+		if n := c.node(id); n != nil {
+			if _, _, leading := n.proposer.leaderInfo(); leading {
+				return id
+			}
+		}
+	}
+	return 0
 }

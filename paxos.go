@@ -284,18 +284,19 @@ type CatchupReq struct {
 // peer no longer holds what the requester needs: it should continue from
 // the peer's first retained index First, whose slot is FirstSlot.
 type CatchupResp struct {
-	// Cluster is the responder's cluster identity, and Membership its
-	// membership if the slot that chose it is among those the requester
-	// applies with this reply: system entries are not in the client log
-	// the responder serves values from, so they reach a node that catches
-	// up past them this way.
-	Cluster    string      `json:"cluster,omitempty"`
-	Membership *membership `json:"membership,omitempty"`
-	Values     []SlotValue `json:"values,omitempty"`
-	Through    Slot        `json:"through"`
-	Compacted  bool        `json:"compacted,omitempty"`
-	First      Index       `json:"first,omitempty"`
-	FirstSlot  Slot        `json:"first_slot,omitempty"`
+	// Cluster is the responder's cluster identity. Memberships are the
+	// membership that governs the first slot asked for and every one
+	// chosen up to the last slot the requester applies with this reply:
+	// system entries are not in the client log the responder serves
+	// values from, so they reach a node that catches up past them this
+	// way, and it goes by the membership its applied prefix sets (M1).
+	Cluster     string        `json:"cluster,omitempty"`
+	Memberships []*membership `json:"memberships,omitempty"`
+	Values      []SlotValue   `json:"values,omitempty"`
+	Through     Slot          `json:"through"`
+	Compacted   bool          `json:"compacted,omitempty"`
+	First       Index         `json:"first,omitempty"`
+	FirstSlot   Slot          `json:"first_slot,omitempty"`
 }
 
 // ForwardReq hands client entries taken by a follower to the leader.
@@ -897,9 +898,7 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			if r.Compacted {
 				upTo = max(upTo, r.FirstSlot-1)
 			}
-			if m := n.config(); m.Slot > 0 && m.Slot <= upTo {
-				r.Membership = m
-			}
+			r.Memberships = n.membershipsFor(req.Slot, upTo)
 			if err == nil && req.Binary {
 				out, err = r.MarshalBinary()
 				return out, nil, err

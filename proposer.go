@@ -679,6 +679,10 @@ var errNoChange = errors.New("membership already so")
 // errChangeUnderWay: a membership change is in flight; one at a time.
 var errChangeUnderWay = &apiError{409, "another membership change is under way; try again once it is done"}
 
+// errLeaderBusy: the leader is still recovering its predecessor's slots,
+// or is handing leadership over; a change can be made in a moment.
+var errLeaderBusy = &apiError{503, "the leader is recovering the log or handing over; try again"}
+
 // promoteLag is how many slots behind the leader's commit a non-voter may
 // be and still be caught up enough to become a voter.
 const promoteLag = 64
@@ -694,7 +698,11 @@ func (p *Proposer) proposeChange(change func(*membership) (*membership, error)) 
 		p.mu.Unlock()
 		return nil, ErrNotLeader
 	}
-	if ls.changeSlot != 0 || ls.commit < ls.recoverTo || ls.draining {
+	if ls.commit < ls.recoverTo || ls.draining {
+		p.mu.Unlock()
+		return nil, errLeaderBusy // a passing state: the client retries
+	}
+	if ls.changeSlot != 0 {
 		p.mu.Unlock()
 		return nil, errChangeUnderWay
 	}

@@ -157,8 +157,11 @@ type identity struct {
 	Nonce    uint64    `json:"nonce,omitempty"`   // discovering: this incarnation's number
 	Founders []founder `json:"founders,omitempty"`
 	// Membership is the latest membership the log chose that this node
-	// applied (membership.go); nil until then.
-	Membership *membership `json:"membership,omitempty"`
+	// applied (membership.go); nil until then. Earlier holds the ones
+	// chosen before it that this node knows, oldest first: it serves them
+	// with the slots a peer catches up on (M1).
+	Membership *membership   `json:"membership,omitempty"`
+	Earlier    []*membership `json:"earlier,omitempty"`
 }
 
 // errIdentityDamaged: IDENTITY fails its checksum or does not parse.
@@ -310,14 +313,35 @@ func (n *Node) startMembership() *membership {
 	return m
 }
 
-// adoptMembership records m, chosen in slot, as this node's membership
-// if it is newer than the one it has.
+// adoptMembership records m, chosen in m.Slot, as this node's membership
+// if it is newer than the one it has; an older one it did not know joins
+// Earlier (a node that joined, or rebuilt, learns the history it skipped).
 func (n *Node) adoptMembership(m *membership) {
 	cur := n.config()
 	if cur != nil && cur.Slot >= m.Slot && cur.Slot != 0 {
+		if m.Slot == cur.Slot || m.Slot == 0 {
+			return
+		}
+		n.idMu.Lock()
+		known := false
+		for _, e := range n.identity.Earlier {
+			known = known || e.Slot == m.Slot
+		}
+		n.idMu.Unlock()
+		if known {
+			return
+		}
+		if err := n.updateIdentity(func(id *identity) { id.Earlier = withEarlier(id.Earlier, m) }); err != nil {
+			n.fatal(fmt.Errorf("record membership: %w", err))
+		}
 		return
 	}
-	if err := n.updateIdentity(func(id *identity) { id.Membership = m }); err != nil {
+	if err := n.updateIdentity(func(id *identity) {
+		if cur != nil && cur.Slot != 0 {
+			id.Earlier = withEarlier(id.Earlier, cur)
+		}
+		id.Membership = m
+	}); err != nil {
 		n.fatal(fmt.Errorf("record membership: %w", err))
 		return
 	}
@@ -330,6 +354,45 @@ func (n *Node) adoptMembership(m *membership) {
 	if n.onMembership != nil {
 		n.onMembership(m)
 	}
+}
+
+// withEarlier returns the history h (oldest first) with m in its place.
+func withEarlier(h []*membership, m *membership) []*membership {
+	out := make([]*membership, 0, len(h)+1)
+	for _, e := range h {
+		if e.Slot < m.Slot {
+			out = append(out, e)
+		}
+	}
+	out = append(out, m)
+	for _, e := range h {
+		if e.Slot > m.Slot {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// membershipsFor returns what a peer that applies slots from through to
+// must adopt to go by the right membership (M1): the membership that
+// governs slot from, and every one chosen in (from, to], oldest first.
+// Those this node does not know (it joined, or rebuilt, after them) are
+// left out.
+func (n *Node) membershipsFor(from, to Slot) []*membership {
+	n.idMu.Lock()
+	defer n.idMu.Unlock()
+	all := append(append([]*membership(nil), n.identity.Earlier...), n.config())
+	var out []*membership
+	for _, m := range all {
+		switch {
+		case m.Slot == 0 || m.Slot > to:
+		case m.Slot < from:
+			out = append(out[:0], m) // the latest before from governs it
+		default:
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // ClusterID returns the cluster's identity, "" while unknown.

@@ -243,7 +243,6 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 	rng := rand.New(rand.NewSource(seed))
 	size := 3 + 2*rng.Intn(2)
 	c := newTestCluster(t, size, seed)
-	f := size / 2
 	hist := &history{start: time.Now()}
 	stats := simStats{faults: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -289,7 +288,7 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 					res, err := n.Append(actx, []byte(in.data), in.key)
 					ret := time.Now()
 					acancel()
-					if errors.Is(err, ErrRecovering) || errors.Is(err, ErrDiscovering) {
+					if errors.Is(err, ErrRecovering) || errors.Is(err, ErrDiscovering) || errors.Is(err, ErrNotMember) {
 						continue // refused before it was submitted: no effect to record
 					}
 					out := simOutput{index: int(res.Index), dup: res.Duplicate, unknown: err != nil}
@@ -354,17 +353,35 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 	// records), until they have it back: at most f at once, the
 	// contract's bound (a majority of disks lost is not survivable).
 	lost := map[NodeID]bool{}
+	// Membership changes: half the schedules add and remove members while
+	// the faults go on (never below three voters or above seven members).
+	changes := rng.Intn(2) == 0
+	nextID := NodeID(size + 1)
+	var changing sync.WaitGroup
 	for step := 0; step < steps; step++ {
-		down := len(c.members) - len(c.live())
+		// The bounds follow the membership the cluster has chosen.
+		mem := c.latestMembership()
+		f := (len(mem.voters()) - 1) / 2
+		down := 0
+		for _, id := range mem.voters() {
+			if c.node(id) == nil {
+				down++
+			}
+		}
+		ids := c.allNodes()
 		for id := range lost {
 			if n := c.node(id); n != nil && diskWhole(n) {
 				delete(lost, id)
 			}
 		}
-		switch k := rng.Intn(11); k {
+		k := rng.Intn(11)
+		if changes && rng.Intn(5) == 0 {
+			k = 11 + rng.Intn(2)
+		}
+		switch k {
 		case 0, 1:
 			if down < f {
-				id := c.members[rng.Intn(size)]
+				id := ids[rng.Intn(len(ids))]
 				if rng.Intn(2) == 0 {
 					stats.faults["crash"]++
 					c.crash(id)
@@ -376,7 +393,7 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			}
 		case 2:
 			stats.faults["restart"]++
-			for _, id := range c.members {
+			for _, id := range ids {
 				c.start(id)
 			}
 		case 3:
@@ -387,12 +404,12 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			c.net.setFaults(faults{Drop: rng.Float64() * 0.25, Dup: rng.Float64() * 0.25, MaxDelay: time.Duration(rng.Intn(8)) * time.Millisecond})
 		case 5:
 			stats.faults["slow-node"]++
-			c.net.setSlow(c.members[rng.Intn(size)], time.Duration(2+rng.Intn(20))*time.Millisecond)
+			c.net.setSlow(ids[rng.Intn(len(ids))], time.Duration(2+rng.Intn(20))*time.Millisecond)
 		case 6:
 			stats.faults["heal"]++
 			c.net.heal()
 			c.net.setFaults(faults{})
-			for _, id := range c.members {
+			for _, id := range ids {
 				c.net.setSlow(id, 0)
 			}
 		case 7:
@@ -403,7 +420,7 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 				if n := c.node(id); n != nil {
 					if _, _, leading := n.proposer.leaderInfo(); leading {
 						var rest []NodeID
-						for _, o := range c.members {
+						for _, o := range ids {
 							if o != id {
 								rest = append(rest, o)
 							}
@@ -422,16 +439,17 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 		case 9:
 			// A lost disk: both journals and IDENTITY gone; it comes back
 			// at once (even while another node is down) and must rebuild.
-			id := c.members[rng.Intn(size)]
+			id := ids[rng.Intn(len(ids))]
 			if lost[id] || len(lost) < f {
 				stats.faults["wipe"]++
 				lost[id] = true
+				t.Logf("step %d: node %d loses its disk", step, id)
 				c.wipe(id)
 				c.start(id)
 			}
 		case 10:
 			// A flipped byte in a synced record of either journal.
-			id := c.members[rng.Intn(size)]
+			id := ids[rng.Intn(len(ids))]
 			journal := []string{"acceptor", "log"}[rng.Intn(2)]
 			if !lost[id] && len(lost) >= f {
 				break
@@ -443,6 +461,71 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 				lost[id] = true
 			}
 			c.start(id)
+		case 11, 12:
+			// A membership change, made (as an operator would) by retrying
+			// through random live nodes for a while: add a new node that
+			// joins, or remove a member, the leader as likely as not; never
+			// below three voters or above seven members. It runs beside the
+			// next steps, and a third of the time the leader is crashed or
+			// cut off right after it starts: a change interrupted.
+			if len(lost) > 0 {
+				break
+			}
+			var req ReconfigReq
+			leader := c.leaderNow()
+			fAfter := f
+			if k == 11 {
+				if len(mem.ids()) >= 7 {
+					break
+				}
+				id := nextID
+				nextID++
+				c.addNode(id)
+				cons[id] = c.follow(ctx, id)
+				req.Add = &member{ID: id, URL: fmt.Sprintf("http://node%d", id)}
+				stats.faults["add-member"]++
+			} else {
+				if len(mem.voters()) <= 3 {
+					break
+				}
+				req.Remove = mem.ids()[rng.Intn(len(mem.ids()))]
+				if leader != 0 && rng.Intn(2) == 0 {
+					req.Remove = leader
+				}
+				if req.Remove == leader {
+					stats.faults["remove-leader"]++
+				} else {
+					stats.faults["remove-member"]++
+				}
+				fAfter = (len(mem.voters()) - 2) / 2
+			}
+			r := rand.New(rand.NewSource(rng.Int63()))
+			changing.Add(1)
+			go func() {
+				defer changing.Done()
+				err := simReconfig(ctx, r, pick, req)
+				t.Logf("step %d: change %s: %v", step, describeChange(req), err)
+				if err == nil && req.Remove != 0 {
+					c.dropNode(req.Remove) // removed: it stops for good
+				}
+			}()
+			if leader == 0 || rng.Intn(3) != 0 {
+				break
+			}
+			time.Sleep(time.Duration(rng.Intn(20)) * time.Millisecond) // let the change get under way: fault timing
+			if down < fAfter {
+				stats.faults["change-crash-leader"]++
+				c.crash(leader)
+			} else {
+				stats.faults["change-isolate-leader"]++
+				var rest []NodeID
+				for _, o := range ids {
+					if o != leader {
+						rest = append(rest, o)
+					}
+				}
+				c.net.partition([]NodeID{leader}, rest)
+			}
 		}
 		time.Sleep(time.Duration(50+rng.Intn(200)) * time.Millisecond) // the step plays out under load
 	}
@@ -450,23 +533,30 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 	// Liveness: heal everything, restart everyone, demand progress.
 	c.net.heal()
 	c.net.setFaults(faults{})
-	for _, id := range c.members {
+	for _, id := range c.allNodes() {
 		c.net.setSlow(id, 0)
 	}
 	c.mu.Lock()
 	c.armed = map[NodeID]string{}
 	c.mu.Unlock()
-	for _, id := range c.members {
+	for _, id := range c.allNodes() {
 		c.start(id)
 	}
 	base := acks.Load()
 	waitFor(t, 20*time.Second, "progress after healing", func() bool { return acks.Load() >= base+30 })
 	close(stop)
 	wg.Wait()
+	changing.Wait()
 
+	// Nodes that a change with an unknown outcome left outside the
+	// membership drop out of the checks; the rest agree on one.
+	c.settleMembership()
 	c.check()
 	want := logOf(t, c.node(c.members[0]))
 	for id, con := range cons {
+		if c.node(id) == nil {
+			continue // removed
+		}
 		waitFor(t, 20*time.Second, fmt.Sprintf("node %d's feed to deliver %d entries", id, len(want)), func() bool {
 			return len(con.snapshot()) >= len(want)
 		})
@@ -562,4 +652,36 @@ func TestSimulation(t *testing.T) {
 	}
 	t.Logf("%d schedules: %d operations checked (%d appends, %d unknown outcome, %d linearizable reads); faults %v",
 		ran, total.ops, total.appends, total.unknown, total.reads, total.faults)
+}
+
+// simReconfig makes one membership change through random live nodes,
+// retrying for up to three seconds while no leader answers; it returns
+// the last error (nil once the change is chosen).
+func simReconfig(ctx context.Context, r *rand.Rand, pick func(*rand.Rand) *Node, req ReconfigReq) error {
+	deadline := time.Now().Add(3 * time.Second)
+	err := errors.New("no live node")
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		n := pick(r)
+		if n == nil {
+			time.Sleep(5 * time.Millisecond) // every node is down: back off
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = n.Reconfig(cctx, req)
+		cancel()
+		var ae *apiError
+		if err == nil || (errors.As(err, &ae) && ae.code < 500) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond) // no leader yet: back off
+	}
+	return err
+}
+
+// describeChange names a membership change for the test log.
+func describeChange(req ReconfigReq) string {
+	if req.Add != nil {
+		return fmt.Sprintf("add node %d", req.Add.ID)
+	}
+	return fmt.Sprintf("remove node %d", req.Remove)
 }
