@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -228,60 +227,8 @@ func TestRealProcessesSIGKILL(t *testing.T) {
 	}()
 	ids := []NodeID{1, 2, 3}
 
-	var mu sync.Mutex
-	acked := map[string]Index{}
-	var acks atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 6; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewSource(seed + int64(w)))
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				data := fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)
-				key := fmt.Sprintf("w%d-%d", w, i)
-				// Retry with the same key until acknowledged or stopped.
-				for attempt := 0; ; attempt++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest("POST", pc.urls[ids[r.Intn(3)]]+"/v1/log", strings.NewReader(data))
-					req.Header.Set("Idempotency-Key", key)
-					resp, err := procClient.Do(req)
-					if err != nil {
-						time.Sleep(5 * time.Millisecond) // node down: try another
-						continue
-					}
-					var body struct{ Index Index }
-					json.NewDecoder(resp.Body).Decode(&body)
-					resp.Body.Close()
-					if resp.StatusCode == 201 || resp.StatusCode == 200 {
-						mu.Lock()
-						if prev, ok := acked[data]; ok && prev != body.Index {
-							t.Errorf("%s acknowledged at %d and %d", data, prev, body.Index)
-						}
-						acked[data] = body.Index
-						mu.Unlock()
-						acks.Add(1)
-						break
-					}
-					if resp.StatusCode != 503 {
-						t.Errorf("append %s: status %d", data, resp.StatusCode)
-						return
-					}
-				}
-			}
-		}()
-	}
-	waitFor(t, 30*time.Second, "first appends", func() bool { return acks.Load() >= 20 })
+	load := pc.startLoad(seed, 6, func() []NodeID { return ids })
+	load.waitAcks(t, 20, "first")
 
 	for round := 0; round < 6; round++ {
 		victim := ids[rng.Intn(3)]
@@ -300,15 +247,12 @@ func TestRealProcessesSIGKILL(t *testing.T) {
 				}
 			}
 		}
-		base := acks.Load()
-		waitFor(t, 30*time.Second, "appends with a node down", func() bool { return acks.Load() >= base+10 })
+		load.waitAcks(t, 10, "with a node down")
 		pc.start(victim)
 		t.Logf("round %d: killed and restarted node %d", round, victim)
 	}
-	base := acks.Load()
-	waitFor(t, 30*time.Second, "appends after the last restart", func() bool { return acks.Load() >= base+20 })
-	close(stop)
-	wg.Wait()
+	load.waitAcks(t, 20, "after the last restart")
+	load.halt()
 
 	// Every node converges to the same log holding every acked append once.
 	var logs map[NodeID][]string
@@ -331,20 +275,6 @@ func TestRealProcessesSIGKILL(t *testing.T) {
 			}
 		}
 	}
-	seen := map[string]bool{}
-	for i, d := range ref {
-		var v any
-		json.Unmarshal([]byte(d), &v)
-		norm, _ := json.Marshal(v)
-		if seen[string(norm)] {
-			t.Fatalf("%s twice in the log (second at %d)", d, i+1)
-		}
-		seen[string(norm)] = true
-	}
-	for d, idx := range acked {
-		if int(idx) > len(ref) || ref[idx-1] != d {
-			t.Fatalf("acknowledged %s at %d is not there", d, idx)
-		}
-	}
-	t.Logf("%d entries identical on 3 nodes; %d acknowledged appends all present once", len(ref), len(acked))
+	load.check(t, ref)
+	t.Logf("%d entries identical on 3 nodes; %d acknowledged appends all present once", len(ref), load.acks())
 }
