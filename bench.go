@@ -211,18 +211,21 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // benchResult is what a run measured. Latencies are in milliseconds.
 type benchResult struct {
-	Workload     string           `json:"workload"`
-	System       string           `json:"system"`
-	Clients      int              `json:"clients"`
-	Targets      []string         `json:"targets"`
-	Size         int              `json:"size"`
-	DurationS    float64          `json:"duration_s"`
-	Ops          int64            `json:"ops"`
-	OpsPerS      float64          `json:"ops_per_s"`
-	P50          float64          `json:"p50_ms"`
-	P90          float64          `json:"p90_ms"`
-	P99          float64          `json:"p99_ms"`
-	Max          float64          `json:"max_ms"`
+	Workload  string   `json:"workload"`
+	System    string   `json:"system"`
+	Clients   int      `json:"clients"`
+	Targets   []string `json:"targets"`
+	Size      int      `json:"size"`
+	DurationS float64  `json:"duration_s"`
+	Ops       int64    `json:"ops"`
+	OpsPerS   float64  `json:"ops_per_s"`
+	P50       float64  `json:"p50_ms"`
+	P90       float64  `json:"p90_ms"`
+	P99       float64  `json:"p99_ms"`
+	Max       float64  `json:"max_ms"`
+	// MaxGap: the longest time no op succeeded (append and read loads),
+	// from the start of measuring; a fault's pause as the clients saw it.
+	MaxGap       float64          `json:"max_gap_ms,omitempty"`
 	Errors       int64            `json:"errors"`
 	ErrorsByKind map[string]int64 `json:"errors_by_kind"`
 	// Feed workload only: the append rate asked for and the appends
@@ -374,6 +377,10 @@ type benchRun struct {
 	limit                    int64     // --count, or benchMaxOps in duration mode
 
 	ops, errs, claimed atomic.Int64
+	// lastOK is when the latest measured op succeeded (ns since start),
+	// maxGap the longest time between two successes, or from the start of
+	// measuring to the first: a fault's pause, as clients saw it.
+	lastOK, maxGap atomic.Int64
 
 	// Feed workload.
 	sentAt     []atomic.Int64 // ring: send time (ns since start) of append seq
@@ -643,6 +650,7 @@ func runBench(ctx context.Context, cfg *benchConfig, stderr io.Writer) (*benchRe
 
 	b.start = time.Now()
 	b.measureStart = b.start.Add(cfg.warmup)
+	b.lastOK.Store(int64(cfg.warmup))
 	if cfg.count == 0 {
 		b.end = b.measureStart.Add(cfg.duration)
 	}
@@ -708,6 +716,9 @@ func runBench(ctx context.Context, cfg *benchConfig, stderr io.Writer) (*benchRe
 	}
 	ms := func(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 	res.P50, res.P90, res.P99, res.Max = ms(h.quantile(0.50)), ms(h.quantile(0.90)), ms(h.quantile(0.99)), ms(time.Duration(h.max))
+	if cfg.workload != "feed" && res.Ops > 0 {
+		res.MaxGap = ms(time.Duration(b.maxGap.Load()))
+	}
 	return res, nil
 }
 
@@ -759,6 +770,26 @@ func (b *benchRun) loadClient(ctx context.Context, c *benchClient) {
 		if measured {
 			c.hist.record(done.Sub(now))
 			b.ops.Add(1)
+			b.noteSuccess(done)
+		}
+	}
+}
+
+// noteSuccess records that an op succeeded at t, for the longest gap.
+func (b *benchRun) noteSuccess(t time.Time) {
+	at := max(int64(t.Sub(b.start)), int64(b.measureStart.Sub(b.start)))
+	for {
+		prev := b.lastOK.Load()
+		if at <= prev {
+			return
+		}
+		if b.lastOK.CompareAndSwap(prev, at) {
+			for gap := at - prev; ; {
+				old := b.maxGap.Load()
+				if gap <= old || b.maxGap.CompareAndSwap(old, gap) {
+					return
+				}
+			}
 		}
 	}
 }

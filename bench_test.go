@@ -319,3 +319,18 @@ func TestBenchClaim(t *testing.T) {
 		t.Error("an op at the end of the duration did not stop the client")
 	}
 }
+
+// TestBenchMaxGap: the longest time without a success counts from the
+// start of measuring, and successes out of order (clients race) do not
+// shorten or lengthen it.
+func TestBenchMaxGap(t *testing.T) {
+	start := time.Now()
+	b := &benchRun{start: start, measureStart: start.Add(5 * time.Millisecond)}
+	b.lastOK.Store(int64(5 * time.Millisecond))
+	for _, ms := range []int{2, 20, 25, 24, 110, 111, 90} {
+		b.noteSuccess(start.Add(time.Duration(ms) * time.Millisecond))
+	}
+	if got, want := time.Duration(b.maxGap.Load()), 85*time.Millisecond; got != want {
+		t.Fatalf("longest gap %v, want %v", got, want)
+	}
+}

@@ -28,57 +28,13 @@ DURATION=${DURATION:-20s}
 WAIT=${WAIT:-600}
 SIZE=${SIZE:-100}
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-say() { echo "rebuild: $*" >&2; }
-die() {
-	say "$*"
-	exit 1
-}
-if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
-	export PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null || die "go is not installed"
-command -v curl >/dev/null || die "curl is not installed"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-say "building"
-(cd "$repo" && go build -o "$work/paxoslog" .)
-bin=$work/paxoslog
-export PAXOSLOG_CLUSTER_KEY=rebuild-sh
-peers=1=http://127.0.0.1:7581,2=http://127.0.0.1:7582,3=http://127.0.0.1:7583
-declare -A node
-start() { # start <id>
-	"$bin" --id "$1" --listen "127.0.0.1:758$1" --peers "$peers" --data "$work/data/$1" \
-		>>"$work/node$1.log" 2>&1 &
-	node[$1]=$!
-	pids+=($!)
-}
-status() { curl -sf "http://127.0.0.1:758$1/v1/status" || true; }
-field() { # field <json> <name>: a number or bare word from flat JSON
-	sed -n "s/.*\"$2\":\"\{0,1\}\([a-z0-9.]*\).*/\1/p" <<<"$1" | head -1
-}
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+prog=rebuild
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for i in 1 2 3; do start "$i"; done
-for _ in $(seq 600); do
-	st=$(status 1)
-	[ -n "$st" ] && [ "$(field "$st" leader)" != 0 ] && [ "$(field "$st" state)" = serving ] && break
-	sleep 0.1
-done
-[ "$(field "$(status 1)" leader)" != 0 ] || die "no leader after 60 s"
-leader=$(field "$(status 1)" leader)
+leader=$(wait_leader 1)
 say "leader is node $leader; filling the log with $ENTRIES entries"
-"$bin" bench --targets http://127.0.0.1:7581,http://127.0.0.1:7582,http://127.0.0.1:7583 \
-	--clients 64 --count "$ENTRIES" --size "$SIZE" --warmup 0s --json >/dev/null
+fill "$ENTRIES" "$SIZE"
 
 base=(--targets http://127.0.0.1:7581,http://127.0.0.1:7582 --clients "$CLIENTS" --size "$SIZE" --json)
 say "appends through nodes 1 and 2 with every disk whole, $DURATION"
@@ -86,8 +42,7 @@ before=$("$bin" bench "${base[@]}" --duration "$DURATION")
 
 target=$(field "$(status "$leader")" last)
 say "losing node 3's disk (log at index $target)"
-kill -9 "${node[3]}"
-wait "${node[3]}" 2>/dev/null || true
+kill_node 3
 rm -rf "$work/data/3"
 t0=$(now)
 start 3
@@ -111,8 +66,6 @@ done
 wait "$benchpid" || true
 during=$(cat "$work/during.json")
 [ -n "$caught" ] || say "node 3 did not catch up within $WAIT s"
-rate() { field "$1" ops_per_s; }
-p99() { field "$1" p99_ms; }
 echo
 echo "entries in the log:          $target"
 echo "node 3 said recovering after: ${recovering:-?} s"
