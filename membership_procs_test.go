@@ -303,10 +303,10 @@ func TestRealProcessesGrowAndShrink(t *testing.T) {
 }
 
 // TestRealProcessesReplaceMachine: under load, node 3's machine dies for
-// good; it is removed, and a fresh node 4 started with --join is added in
-// its place. Once node 4 is a voter, a majority forms with it and without
-// an original (node 4 really votes), and every acknowledged entry is on
-// every member once.
+// good; as the runbook says, a fresh node 4 started with --join is added,
+// becomes a voter, and node 3 is removed. Then a majority forms with node
+// 4 and without an original (node 4 really votes), and every
+// acknowledged entry is on every member once.
 func TestRealProcessesReplaceMachine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real binaries")
@@ -321,16 +321,17 @@ func TestRealProcessesReplaceMachine(t *testing.T) {
 	pc.kill(3) // the machine is gone
 	targets.set(1, 2)
 	load.waitAcks(t, 20, "with node 3 gone")
-	if code, _ := pc.adminMembers(1, "DELETE", "/3", ""); code != 200 {
-		t.Fatalf("remove node 3: %d", code)
-	}
 	pc.startJoining(4, 1, 2)
 	if code, _ := pc.adminMembers(2, "POST", "", fmt.Sprintf(`{"id":4,"url":%q}`, pc.urls[4])); code != 201 {
 		t.Fatalf("add node 4: %d", code)
 	}
-	pc.waitVoters(1, 1, 2, 4)
+	pc.waitVoters(1, 1, 2, 3, 4)
 	targets.set(1, 2, 4)
 	load.waitAcks(t, 20, "with node 4 a voter")
+	if code, _ := pc.adminMembers(1, "DELETE", "/3", ""); code != 200 {
+		t.Fatalf("remove node 3: %d", code)
+	}
+	pc.waitVoters(1, 1, 2, 4)
 	st, err := pc.status(4)
 	if err != nil {
 		t.Fatal(err)

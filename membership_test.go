@@ -260,6 +260,53 @@ func TestCatchUpCarriesEveryMembership(t *testing.T) {
 	}
 }
 
+// TestNonVoterThatNeverComesUp: a member added but never started costs the
+// cluster nothing (it counts toward no majority, appends go on with
+// another node down), and the leader's status and metrics show it as a
+// non-voter falling behind, the voters and the members.
+func TestNonVoterThatNeverComesUp(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 4, URL: "http://never"}})
+	down := leader%3 + 1
+	c.crash(down)
+	for i := 0; i < 20; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`"n%d"`, i))
+	}
+	n := c.node(leader)
+	st := n.Status()
+	if !reflect.DeepEqual(st.Members, []NodeID{1, 2, 3, 4}) || !reflect.DeepEqual(st.Voters, []NodeID{1, 2, 3}) || st.Change != nil {
+		t.Fatalf("status members %v voters %v change %+v", st.Members, st.Voters, st.Change)
+	}
+	var p4 *PeerStatus
+	for i := range st.Peers {
+		if st.Peers[i].ID == 4 {
+			p4 = &st.Peers[i]
+		}
+	}
+	if p4 == nil || p4.Voter || p4.Lag < 20 || p4.LastContact != -1 {
+		t.Fatalf("status of node 4: %+v", p4)
+	}
+	for _, m := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"paxoslog_peer_lag_slots", map[string]string{"peer": "4", "voter": "false"}, float64(p4.Lag)},
+		{"paxoslog_peer_lag_slots", map[string]string{"peer": fmt.Sprint(down), "voter": "true"}, -1},
+		{"paxoslog_members", nil, 4},
+		{"paxoslog_voters", nil, 3},
+		{"paxoslog_membership_change_in_progress", nil, 0},
+	} {
+		got, ok := gaugeValue(t, n, m.name, m.labels)
+		if !ok || (m.want >= 0 && got != m.want) {
+			t.Fatalf("%s%v = %v (found %v), want %v", m.name, m.labels, got, ok, m.want)
+		}
+	}
+	c.start(down)
+	c.check()
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
@@ -456,4 +503,33 @@ func (c *testCluster) leaderNow() NodeID {
 		}
 	}
 	return 0
+}
+
+// gaugeValue gathers node n's metrics and returns the value of the gauge
+// name whose labels include labels.
+func gaugeValue(t *testing.T, n *Node, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	mfs, err := n.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -135,10 +137,48 @@ func newMetrics(n *Node) *metrics {
 		Name: "paxoslog_membership_changes_total",
 		Help: "Membership changes this node has applied.",
 	})
-	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm, m.members, m.voters, m.memberChanges)
+	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm, m.members, m.voters, m.memberChanges, peerCollector{n: n,
+		lag: prometheus.NewDesc("paxoslog_peer_lag_slots",
+			"On the leader: slots each peer's applied slot is behind the commit point, by peer id and whether it votes (a non-voter catching up is promoted within 64).",
+			[]string{"peer", "voter"}, nil),
+		change: prometheus.NewDesc("paxoslog_membership_change_in_progress",
+			"1 while this node leads and a membership change it proposed is not chosen yet, else 0.", nil, nil),
+	})
 	m.reg.MustRegister(m.readLatency, m.batchSize, m.appliedSlot, m.commitSlot, m.ballotRound, m.peerLatency)
 	m.reg.MustRegister(m.idempotentHits, m.firstIndex, m.feedSubscribers, m.appendLatency, m.appendErrors, m.fsync, m.lastIndex,
 		m.isLeader, m.leader, m.leaderChanges, m.peerErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// peerCollector reports, when scraped, how far each peer is behind the
+// leader (a non-voter's progress among them) and whether a membership
+// change is in flight: read from the leader's state as it is then.
+type peerCollector struct {
+	n           *Node
+	lag, change *prometheus.Desc
+}
+
+func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lag
+	ch <- c.change
+}
+
+func (c peerCollector) Collect(ch chan<- prometheus.Metric) {
+	p := c.n.proposer
+	if p == nil {
+		return // not started yet
+	}
+	change := 0.0
+	if p.changeInFlight() != nil {
+		change = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.change, prometheus.GaugeValue, change)
+	if _, _, leading := p.leaderInfo(); !leading {
+		return
+	}
+	for _, ps := range p.peers() {
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(ps.Lag),
+			strconv.FormatUint(uint64(ps.ID), 10), strconv.FormatBool(ps.Voter))
+	}
 }
