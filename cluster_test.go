@@ -184,10 +184,13 @@ type testNode struct {
 type testCluster struct {
 	t       *testing.T
 	net     *memNet
-	members []NodeID
-	dirs    map[NodeID]string
-	seed    int64
-	cfg     Config // template
+	members []NodeID // every node started, members or not (joiners added later)
+	// founders are the members the cluster started with: the --peers
+	// every node but a joiner is started with, as an operator would.
+	founders []NodeID
+	dirs     map[NodeID]string
+	seed     int64
+	cfg      Config // template
 
 	life map[NodeID]*sync.Mutex // held while a node starts or crashes
 
@@ -241,6 +244,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 		c.dirs[id] = filepath.Join(base, fmt.Sprint(i))
 		c.life[id] = new(sync.Mutex)
 	}
+	c.founders = append([]NodeID(nil), c.members...)
 	for _, id := range c.members {
 		c.start(id)
 	}
@@ -258,7 +262,7 @@ func (c *testCluster) start(id NodeID) {
 	}
 	cfg := c.cfg
 	c.mu.Lock()
-	cfg.ID, cfg.Members, cfg.DataDir = id, append([]NodeID(nil), c.members...), c.dirs[id]
+	cfg.ID, cfg.Members, cfg.DataDir = id, append([]NodeID(nil), c.founders...), c.dirs[id]
 	if c.joiners[id] {
 		cfg.Members = nil
 		for _, o := range c.members {

@@ -572,15 +572,6 @@ func (l *Learner) Applied() Slot {
 	return l.applied
 }
 
-// appliedAndConfig returns the last applied slot and the membership that
-// governs the slot after it, read together (M1): a membership entry is
-// applied with its slot, under the learner's lock.
-func (l *Learner) appliedAndConfig() (Slot, *membership) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.applied, l.n.config()
-}
-
 // KnownCommit returns the highest slot known to be chosen.
 func (l *Learner) KnownCommit() Slot {
 	l.mu.Lock()

@@ -47,6 +47,18 @@ import (
 //     the one ballot (the candidate asks the new voters as it finds
 //     them). By M2 each of those majorities meets every majority that
 //     could have chosen a value in the slots it governs.
+//   - M1 in practice: every node adopts the memberships in slot order
+//     as it applies their slots (from the values, or from the list a
+//     catch-up reply carries: system entries are not in the client log)
+//     and keeps them all in IDENTITY, so it knows every membership at or
+//     below its applied slot even when a restart leaves that slot below
+//     ones it adopted before. A candidate takes the one that governs its
+//     first slot from that history (Node.membershipAt), never simply the
+//     latest it knows: a node that joined, or rebuilt through joining,
+//     took the cluster's latest when it was added, and catches up to it
+//     before it campaigns. Only a voter of that membership leads, and a
+//     voter refuses prepares from a member it knows was removed (one
+//     that was down through its removal would otherwise unseat leaders).
 //   - M5: ids are never used twice: a removed member's id stays in
 //     Removed and cannot be added again, so no message from a former
 //     incarnation of a member can count for a new one. A new member
@@ -302,6 +314,8 @@ var (
 	ErrNotMember = errors.New("this node is not a member of the cluster")
 	// errNotVoter: a prepare or accept to a node that is no voter.
 	errNotVoter = errors.New("this node is not a voter")
+	// errRemovedPeer: a prepare from a member that was removed.
+	errRemovedPeer = errors.New("the sender was removed from the membership")
 )
 
 // methodReconfig asks the leader for a membership change.

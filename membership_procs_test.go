@@ -43,7 +43,7 @@ func (pc *procCluster) startLoad(seed int64, clients int, targets func() []NodeI
 					default:
 					}
 					ids := targets()
-					req, _ := http.NewRequest("POST", pc.urls[ids[r.Intn(len(ids))]]+"/v1/log", strings.NewReader(data))
+					req, _ := http.NewRequest("POST", pc.url(ids[r.Intn(len(ids))])+"/v1/log", strings.NewReader(data))
 					req.Header.Set("Idempotency-Key", key)
 					resp, err := procClient.Do(req)
 					if err != nil {
@@ -73,6 +73,13 @@ func (pc *procCluster) startLoad(seed int64, clients int, targets func() []NodeI
 		}()
 	}
 	return l
+}
+
+// url returns node id's URL; startJoining adds URLs while loads run.
+func (pc *procCluster) url(id NodeID) string {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.urls[id]
 }
 
 // acks returns how many appends were acknowledged.

@@ -226,6 +226,7 @@ func TestRemoveMember(t *testing.T) {
 func TestCatchUpCarriesEveryMembership(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
 	leader := c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second) // changes wait for the genesis entry, which waits for every member
 	away := leader%3 + 1
 	c.crash(away)
 	c.addNode(4)
@@ -307,10 +308,45 @@ func TestNonVoterThatNeverComesUp(t *testing.T) {
 	c.check()
 }
 
+// TestRemovedWhileDown: a member removed while it was down comes back on
+// its old --data believing it is still a voter. It campaigns, but the
+// voters refuse a removed member's prepares, so it unseats no leader and
+// leads nothing, and the cluster goes on.
+func TestRemovedWhileDown(t *testing.T) {
+	c := newTestCluster(t, 5, testSeed(t))
+	c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second)
+	leader := c.leader(5 * time.Second)
+	victim := leader%5 + 1
+	c.crash(victim)
+	c.reconfig(leader, ReconfigReq{Remove: victim})
+	c.mustAppend(leader, `"after the removal"`)
+	_, ballot, _ := c.node(leader).proposer.leaderInfo()
+	c.start(victim)
+	n := c.node(victim)
+	waitFor(t, 10*time.Second, "the removed node to campaign", func() bool {
+		n.proposer.mu.Lock()
+		defer n.proposer.mu.Unlock()
+		return n.proposer.maxRound > ballot.Round
+	})
+	for i := 0; i < 10; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`"r%d"`, i))
+	}
+	if _, now, leading := c.node(leader).proposer.leaderInfo(); !leading || now != ballot {
+		t.Fatalf("the leader's ballot went from %v to %v (leading %v): the removed node unseated it", ballot, now, leading)
+	}
+	if _, _, leading := n.proposer.leaderInfo(); leading {
+		t.Fatal("the removed node leads")
+	}
+	c.dropNode(victim)
+	c.check()
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
 	leader := c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second) // before the genesis entry every change is 503
 	want := func(req ReconfigReq, code int) {
 		t.Helper()
 		_, err := c.node(leader).Reconfig(context.Background(), req)

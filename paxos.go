@@ -954,6 +954,11 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 	if !n.config().isVoter(n.cfg.ID) {
 		return Promise{}, errNotVoter // a non-voter never votes (M5); a removed member no more
 	}
+	if n.config().wasRemoved(req.From) {
+		// A removed member that does not know it yet (it was down) must
+		// not unseat the leader with a higher ballot: it leads nothing.
+		return Promise{}, errRemovedPeer
+	}
 	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
 	if err != nil {
 		n.storageFailed(err)
@@ -1184,7 +1189,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	leader, ballot, isLeader := n.proposer.leaderInfo()
 	first, last := n.learner.Bounds()
-	members := append([]NodeID(nil), n.config().ids()...)
+	members := append([]NodeID{}, n.config().ids()...)
 	ph := n.phase()
 	return Status{
 		ID: n.cfg.ID, Cluster: n.ClusterID(), State: ph.String(), Recovering: ph == phaseRecovering,

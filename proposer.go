@@ -680,8 +680,9 @@ var errNoChange = errors.New("membership already so")
 var errChangeUnderWay = &apiError{409, "another membership change is under way; try again once it is done"}
 
 // errLeaderBusy: the leader is still recovering its predecessor's slots,
-// or is handing leadership over; a change can be made in a moment.
-var errLeaderBusy = &apiError{503, "the leader is recovering the log or handing over; try again"}
+// is handing leadership over, or the cluster is being founded; a change
+// can be made in a moment.
+var errLeaderBusy = &apiError{503, "the leader is recovering the log, handing over, or founding the cluster; try again"}
 
 // promoteLag is how many slots behind the leader's commit a non-voter may
 // be and still be caught up enough to become a voter.
@@ -698,9 +699,12 @@ func (p *Proposer) proposeChange(change func(*membership) (*membership, error)) 
 		p.mu.Unlock()
 		return nil, ErrNotLeader
 	}
-	if ls.commit < ls.recoverTo || ls.draining {
+	if ls.commit < ls.recoverTo || ls.draining || p.n.ClusterID() == "" {
+		// A passing state: the client retries. Before the genesis entry
+		// is chosen no change may be: the genesis sets the first
+		// membership, and one chosen after a change would undo it.
 		p.mu.Unlock()
-		return nil, errLeaderBusy // a passing state: the client retries
+		return nil, errLeaderBusy
 	}
 	if ls.changeSlot != 0 {
 		p.mu.Unlock()
@@ -973,10 +977,23 @@ func (p *Proposer) campaign(ctx context.Context) {
 			}
 		}
 		// M4: promises from a majority of the membership that governs
-		// start (read with it: M1), and of each one that a recovered
+		// start (membershipAt: M1), and of each one that a recovered
 		// change sets after it.
-		var applied Slot
-		applied, base = p.n.learner.appliedAndConfig()
+		applied := p.n.learner.Applied()
+		if base = p.n.membershipAt(applied); base == nil {
+			// M1: a joining node took the cluster's latest membership when
+			// it was added, ahead of what it has applied, and cannot
+			// tell which one governs start: learn up to it first.
+			if err := p.n.learner.waitApplied(cctx, p.n.config().Slot, 0); err != nil {
+				p.n.log.Debug("campaign: catch-up to the membership failed", "ballot", b.String(), "err", err)
+				return
+			}
+			continue
+		}
+		if !base.isVoter(p.n.cfg.ID) {
+			p.n.log.Debug("campaign: not a voter of the membership that governs the next slot", "ballot", b.String(), "members", base.String())
+			return // only voters lead (it was removed, or is not promoted yet)
+		}
 		start = applied + 1
 		best, recoverTo = bestAccepted(promises, start)
 		short := base
@@ -1042,7 +1059,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 	p.n.metrics.isLeader.Set(1)
 	p.n.metrics.leader.Set(float64(p.n.cfg.ID))
 	p.n.metrics.leaderChanges.Inc()
-	p.n.log.Info("leading", "ballot", b.String(), "start", start, "recover_to", recoverTo)
+	p.n.log.Info("leading", "ballot", b.String(), "start", start, "recover_to", recoverTo, "members", base.String(), "members_slot", base.Slot)
 	if len(vals) > 0 {
 		go p.sendAccept(ls, vals, ls.commit)
 	}

@@ -395,6 +395,31 @@ func (n *Node) membershipsFor(from, to Slot) []*membership {
 	return out
 }
 
+// membershipAt returns the membership that governs slot applied+1 (M1)
+// for a node that has applied through applied: the latest one chosen at
+// or below applied that this node knows. Memberships are adopted in slot
+// order as slots are applied, and kept in IDENTITY, so a node knows every
+// one at or below its applied slot, even after a restart left its applied
+// slot below memberships it had adopted before (the client log is synced
+// lazily; they stay recorded). Before the first, --peers governs; a
+// joining node, which took the cluster's latest membership when it was
+// added, has no such fallback: nil until it has caught up to one.
+func (n *Node) membershipAt(applied Slot) *membership {
+	n.idMu.Lock()
+	all := append(append([]*membership(nil), n.identity.Earlier...), n.identity.Membership)
+	n.idMu.Unlock()
+	var best *membership
+	for _, m := range all {
+		if m != nil && m.Slot > 0 && m.Slot <= applied && (best == nil || m.Slot > best.Slot) {
+			best = m
+		}
+	}
+	if best == nil && len(n.cfg.Join) == 0 {
+		best = flagMembership(n.cfg.Members, n.cfg.PeerURLs)
+	}
+	return best
+}
+
 // ClusterID returns the cluster's identity, "" while unknown.
 func (n *Node) ClusterID() string {
 	n.idMu.Lock()
@@ -696,8 +721,8 @@ func (n *Node) join(ctx context.Context) {
 	for {
 		answers := n.helloVia(ctx, n.cfg.Join)
 		for _, a := range answers {
-			if a.Membership == nil || a.Recovering {
-				continue
+			if a.Membership == nil || a.Membership.Slot == 0 || a.Recovering {
+				continue // only a membership the log chose tells who is a member
 			}
 			x, ok := a.Membership.get(n.cfg.ID)
 			if !ok {
