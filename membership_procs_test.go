@@ -229,6 +229,21 @@ func (pc *procCluster) waitVoters(id NodeID, want ...NodeID) {
 	})
 }
 
+// loadedProcCluster starts three real nodes and four clients appending
+// through them (through the nodes targets names, from then on), and
+// waits for the first acknowledgements.
+func loadedProcCluster(t *testing.T) (*procCluster, *targetSet, *procLoad) {
+	t.Helper()
+	seed := testSeed(t)
+	pc := newProcClusterDumped(t, 3)
+	pc.waitServing(1, 2, 3)
+	targets := &targetSet{}
+	targets.set(1, 2, 3)
+	load := pc.startLoad(seed, 4, targets.get)
+	load.waitAcks(t, 30, "with three nodes")
+	return pc, targets, load
+}
+
 // TestRealProcessesGrowAndShrink: under load, a 3-node cluster grows to 5
 // with nodes started with --join before they are added, and a majority
 // of five forms with two originals down (the new nodes vote); then it
@@ -238,13 +253,7 @@ func TestRealProcessesGrowAndShrink(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real binaries")
 	}
-	seed := testSeed(t)
-	pc := newProcClusterDumped(t, 3)
-	pc.waitServing(1, 2, 3)
-	targets := &targetSet{}
-	targets.set(1, 2, 3)
-	load := pc.startLoad(seed, 4, targets.get)
-	load.waitAcks(t, 30, "with three nodes")
+	pc, targets, load := loadedProcCluster(t)
 	for _, id := range []NodeID{4, 5} {
 		pc.startJoining(id, 1, 2)
 		waitFor(t, 10*time.Second, fmt.Sprintf("node %d to wait as a non-member", id), func() bool {
@@ -318,13 +327,7 @@ func TestRealProcessesReplaceMachine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real binaries")
 	}
-	seed := testSeed(t)
-	pc := newProcClusterDumped(t, 3)
-	pc.waitServing(1, 2, 3)
-	targets := &targetSet{}
-	targets.set(1, 2, 3)
-	load := pc.startLoad(seed, 4, targets.get)
-	load.waitAcks(t, 30, "with three nodes")
+	pc, targets, load := loadedProcCluster(t)
 	pc.kill(3) // the machine is gone
 	targets.set(1, 2)
 	load.waitAcks(t, 20, "with node 3 gone")

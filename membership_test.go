@@ -482,7 +482,10 @@ func (c *testCluster) checkMembershipHistory(final *membership) {
 	}
 	sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
 	if len(slots) == 0 {
-		c.t.Fatal("no membership was adopted")
+		if final.Slot != 0 {
+			c.t.Fatalf("the live members go by %s from slot %d, but no node adopted it", final, final.Slot)
+		}
+		return // no genesis entry applied yet: every node goes by --peers
 	}
 	gone := map[NodeID]bool{}
 	for i, s := range slots {

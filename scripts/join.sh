@@ -54,11 +54,8 @@ before=$("$bin" bench --targets "$(url 1),$(url 2),$(url 3)" "${base[@]}")
 
 target=$(field "$(status "$leader")" last)
 start 4 --join "$(url 1),$(url 2),$(url 3)"
-for _ in $(seq 300); do
-	[ -n "$(status 4)" ] && break
-	sleep 0.1
-done
-[ -n "$(status 4)" ] || die "node 4 did not answer within 30 s"
+answers() { [ -n "$(status 4)" ]; }
+poll_until 30 answers || die "node 4 did not answer within 30 s"
 say "adding node 4 (log at index $target)"
 "$bin" bench --targets "$(url 1),$(url 2),$(url 3)" "${base[@]}" >"$work/during.json" &
 benchpid=$!
@@ -68,15 +65,13 @@ code=$(admin 1 POST "" '{"id":4,"url":"http://127.0.0.1:7584"}')
 [ "$code" = 201 ] || die "POST /v1/admin/members answered $code: $(cat "$work/admin.out")"
 added=$(since "$t0")
 voter="" caught=""
-for _ in $(seq $((WAIT * 10))); do
+promoted() {
+	local last
 	[ -z "$voter" ] && is_voter 1 4 && voter=$(since "$t0")
 	last=$(field "$(status 4)" last)
-	if [ -n "$voter" ] && [ -n "$last" ] && [ "$last" -ge "$target" ]; then
-		caught=$(since "$t0")
-		break
-	fi
-	sleep 0.1
-done
+	[ -n "$voter" ] && [ -n "$last" ] && [ "$last" -ge "$target" ] && caught=$(since "$t0")
+}
+poll_until "$WAIT" promoted || true
 wait "$benchpid" || true
 during=$(cat "$work/during.json")
 [ -n "$caught" ] || say "node 4 did not become a voter and catch up within $WAIT s"

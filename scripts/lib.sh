@@ -2,7 +2,7 @@
 # the script's name before sourcing. It builds paxoslog into a temporary
 # directory, starts nodes on 127.0.0.1:758<id> with their --data under it,
 # and stops every process and removes every file when the script exits,
-# however it exits.
+# however it exits (KEEP_LOGS=<dir> copies the nodes' logs there first).
 
 say() { echo "$prog: $*" >&2; }
 die() {
@@ -21,6 +21,9 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	if [ -n "${KEEP_LOGS:-}" ]; then # KEEP_LOGS=<dir>: the nodes' logs are copied there
+		mkdir -p "$KEEP_LOGS" && cp "$work"/node*.log "$KEEP_LOGS"/ 2>/dev/null || true
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -66,6 +69,13 @@ wait_leader() { # wait_leader <id>: until node id serves and knows a leader; pri
 fill() { # fill <entries> <size>: through nodes 1-3, 64 clients
 	"$bin" bench --targets "$(url 1),$(url 2),$(url 3)" \
 		--clients 64 --count "$1" --size "$2" --warmup 0s --json >/dev/null
+}
+poll_until() { # poll_until <seconds> <fn>: run fn every 0.1 s until it succeeds (0) or time is up (1)
+	for _ in $(seq $(($1 * 10))); do
+		"$2" && return 0
+		sleep 0.1
+	done
+	return 1
 }
 rate() { field "$1" ops_per_s; }
 p99() { field "$1" p99_ms; }

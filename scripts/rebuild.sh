@@ -50,19 +50,16 @@ start 3
 benchpid=$!
 pids+=($benchpid)
 recovering="" serving="" caught=""
-for _ in $(seq $((WAIT * 10))); do
+rebuilt() {
+	local st last
 	st=$(status 3)
-	if [ -n "$st" ]; then
-		[ -z "$recovering" ] && [ "$(field "$st" recovering)" = true ] && recovering=$(since "$t0")
-		[ -z "$serving" ] && [ "$(field "$st" state)" = serving ] && serving=$(since "$t0")
-		last=$(field "$st" last)
-		if [ -n "$serving" ] && [ -n "$last" ] && [ "$last" -ge "$target" ]; then
-			caught=$(since "$t0")
-			break
-		fi
-	fi
-	sleep 0.1
-done
+	[ -n "$st" ] || return 1
+	[ -z "$recovering" ] && [ "$(field "$st" recovering)" = true ] && recovering=$(since "$t0")
+	[ -z "$serving" ] && [ "$(field "$st" state)" = serving ] && serving=$(since "$t0")
+	last=$(field "$st" last)
+	[ -n "$serving" ] && [ -n "$last" ] && [ "$last" -ge "$target" ] && caught=$(since "$t0")
+}
+poll_until "$WAIT" rebuilt || true
 wait "$benchpid" || true
 during=$(cat "$work/during.json")
 [ -n "$caught" ] || say "node 3 did not catch up within $WAIT s"
