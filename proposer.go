@@ -1654,12 +1654,20 @@ func (p *Proposer) handoff(ctx context.Context) NodeID {
 
 // onTimeoutNow: the leader is stepping down and asks this node to
 // campaign at once.
+//
+// It campaigns right here rather than by letting its election timer run
+// out: a learn from the old leader that arrives just after (a leader that
+// removed itself tells every voter the commit that chose its removal)
+// would push the timer back by an election timeout.
 func (p *Proposer) onTimeoutNow(req TimeoutNowReq) TimeoutNowResp {
 	p.mu.Lock()
-	p.electionDeadline = time.Now()
+	ctx, leading := p.ctx, p.ls != nil
 	p.mu.Unlock()
+	if ctx == nil || leading || !p.n.serving() || !p.n.config().isVoter(p.n.cfg.ID) {
+		return TimeoutNowResp{OK: true}
+	}
 	p.n.log.Info("campaigning at the leader's request", "from", req.From)
-	p.wake()
+	go p.campaign(ctx)
 	return TimeoutNowResp{OK: true}
 }
 
