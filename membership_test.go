@@ -342,6 +342,34 @@ func TestRemovedWhileDown(t *testing.T) {
 	c.check()
 }
 
+// TestJoinAfterCompaction: a node added once the others have compacted
+// their logs catches up from a peer's compacted state (it installs the
+// prefix, with the membership that governs it), becomes a voter, and then
+// carries its share of a majority.
+func TestJoinAfterCompaction(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), retentionConfig)
+	leader := c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second)
+	l := c.startLoad(4)
+	waitFor(t, 20*time.Second, "the leader to compact", func() bool {
+		first, _ := c.node(leader).learner.Bounds()
+		return first > 100
+	})
+	c.addNode(4)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 4, URL: "http://four"}})
+	c.waitVoters(1, 2, 3, 4)
+	l.halt()
+	if first, _ := c.node(4).learner.Bounds(); first <= 1 {
+		t.Fatalf("node 4's first index is %d: it did not install a compacted prefix", first)
+	}
+	c.crash(leader%3 + 1)
+	for i := 0; i < 10; i++ {
+		c.mustAppend(4, fmt.Sprintf(`"after %d"`, i))
+	}
+	c.start(leader%3 + 1)
+	c.check()
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
