@@ -489,6 +489,17 @@ func (c *testCluster) check() {
 	if len(live) == 0 {
 		c.t.Fatal("no live nodes to check")
 	}
+	// A leader that has recovered every slot its first round found: after
+	// a restart of every node, what was chosen but not yet learned
+	// anywhere is known chosen only once a leader has recovered it.
+	waitFor(c.t, 20*time.Second, "a leader that has recovered its predecessors' slots", func() bool {
+		for _, id := range live {
+			if n := c.node(id); n != nil && n.proposer.recoveredLeader() {
+				return true
+			}
+		}
+		return false
+	})
 	// Converge: every live node applies up to the highest commit any knows.
 	waitFor(c.t, 20*time.Second, "live nodes to converge", func() bool {
 		var target Slot
@@ -622,4 +633,12 @@ func (l *load) halt() (acks, fails int) {
 	close(l.stop)
 	l.wg.Wait()
 	return l.acks, l.fails
+}
+
+// recoveredLeader reports whether this node leads and has had chosen
+// every slot its first round recovered.
+func (p *Proposer) recoveredLeader() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ls != nil && p.ls.commit >= p.ls.recoverTo
 }

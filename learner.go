@@ -152,7 +152,10 @@ type Learner struct {
 	recent      map[string]appliedEntry // identity -> where it went, last window indices
 	ring        []string                // ring[i%window] = identity at index i
 	waiters     map[string][]waiter     // identity -> appends waiting for it
-	notify      chan struct{}           // closed and replaced on every apply
+	// mems are memberships catch-up replies carried whose slots are not
+	// applied yet, oldest first: adopted as each slot is applied (M1).
+	mems   []*membership
+	notify chan struct{} // closed and replaced on every apply
 
 	kick chan struct{} // wakes the catch-up loop
 
@@ -348,13 +351,15 @@ func (l *Learner) chosen(vals ...SlotValue) { l.chosenWith(nil, vals...) }
 
 // chosenWith is chosen, plus the memberships a peer's catch-up reply
 // carries (the system entries that set them are not in the values it
-// serves): each adopted once the slot that set it is applied, with it
-// and under the same lock, so the membership read with applied is the
-// one that governs the next slot (M1).
+// serves): each adopted as the slot that set it is applied, before any
+// later slot is (M1).
 func (l *Learner) chosenWith(ms []*membership, vals ...SlotValue) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer l.adoptAppliedLocked(ms)
+	if err := l.holdMembershipsLocked(ms); err != nil {
+		l.n.fatal(err)
+		return
+	}
 	for _, sv := range vals {
 		if sv.Slot > l.applied {
 			l.pending[sv.Slot] = sv.Value
@@ -406,9 +411,12 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	var fresh []Entry
 	var keys []string // identity of each fresh entry
 	var seenKeys map[string]bool
+	var setMem *membership
 	for _, e := range v.Entries {
 		if e.isSystem() {
-			l.applySystem(slot, e)
+			if m := l.applySystem(slot, e); m != nil {
+				setMem = m
+			}
 			continue
 		}
 		k := e.identity()
@@ -466,6 +474,12 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	if slot > l.knownCommit {
 		l.knownCommit = slot
 	}
+	if setMem != nil {
+		l.mems = withEarlier(l.mems, setMem)
+	}
+	if err := l.adoptDueLocked(); err != nil {
+		return err
+	}
 	if l.relearn != 0 && l.last >= l.relearn {
 		l.n.log.Error("client log: learned the dropped records again from peers", "file", l.n.relPath(l.journal.dir), "through", l.relearn)
 		l.n.metrics.repairs.WithLabelValues("log").Inc()
@@ -481,11 +495,12 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 
 // applySystem applies a system entry of slot. The first genesis entry in
 // the log gives the cluster its identity and first membership; any later
-// one is ignored. A membership entry sets the membership.
-func (l *Learner) applySystem(slot Slot, e Entry) {
+// one is ignored. A membership entry sets the membership: it is returned,
+// to be adopted once the slot is applied.
+func (l *Learner) applySystem(slot Slot, e Entry) *membership {
 	v, ok := decodeSystem(e)
 	if !ok {
-		return
+		return nil
 	}
 	if v.Genesis != "" {
 		switch cid := l.n.ClusterID(); cid {
@@ -495,12 +510,13 @@ func (l *Learner) applySystem(slot Slot, e Entry) {
 			// The identity came first (a hello, a catch-up reply: a
 			// rebuilt disk); the entry still sets the first membership.
 		default:
-			return // a later genesis entry: ignored
+			return nil // a later genesis entry: ignored
 		}
 	}
 	if len(v.Members) > 0 {
-		l.n.adoptMembership(newMembership(v.Members, slot, v.Removed))
+		return newMembership(v.Members, slot, v.Removed)
 	}
+	return nil
 }
 
 // noteCommit records that every slot <= commit is chosen, as the leader of
@@ -859,14 +875,42 @@ func (l *Learner) catchUp(ctx context.Context) error {
 	}
 }
 
-// adoptAppliedLocked adopts, oldest first, the memberships of ms whose
-// slots are applied.
-func (l *Learner) adoptAppliedLocked(ms []*membership) {
+// holdMembershipsLocked takes the memberships a catch-up reply carried:
+// those whose slots are applied are adopted now, the rest as their slots
+// are applied.
+func (l *Learner) holdMembershipsLocked(ms []*membership) error {
 	for _, m := range ms {
-		if m != nil && m.Slot <= l.applied {
-			l.n.adoptMembership(m)
+		if m != nil && m.Slot > 0 {
+			l.mems = withEarlier(l.mems, m)
 		}
 	}
+	return l.adoptDueLocked()
+}
+
+// adoptDueLocked adopts the held memberships whose slots are applied.
+func (l *Learner) adoptDueLocked() error {
+	for len(l.mems) > 0 && l.mems[0].Slot <= l.applied {
+		m := l.mems[0]
+		l.mems = l.mems[1:]
+		if err := l.adoptLocked(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adoptLocked records m, whose slot is applied, once the client log is
+// synced through what is applied: IDENTITY then says that every slot up
+// to the applied one is on disk, so a restart counts them applied even
+// where they left no record (system entries, no-ops), and goes by m
+// (M1). Without that, a restart would find its applied slot below the
+// memberships it recorded.
+func (l *Learner) adoptLocked(m *membership) error {
+	if err := l.journal.Sync(); err != nil {
+		return fmt.Errorf("learner: sync before recording a membership: %w", err)
+	}
+	l.n.adoptMembershipApplied(m, l.applied, l.last)
+	return nil
 }
 
 // installedSlot is the slot applied when the journal's numbering was last
@@ -883,9 +927,8 @@ func (l *Learner) installedSlot() Slot {
 func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	defer l.adoptAppliedLocked(ms)
 	if l.last+1 >= first || firstSlot == 0 {
-		return nil // caught up meanwhile
+		return l.holdMembershipsLocked(ms) // caught up meanwhile
 	}
 	applied := max(l.applied, firstSlot-1)
 	meta := strconv.AppendUint(nil, uint64(applied), 10)
@@ -906,6 +949,9 @@ func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) e
 	}
 	clear(l.recent)
 	clear(l.ring)
+	if err := l.holdMembershipsLocked(ms); err != nil {
+		return err
+	}
 	close(l.notify)
 	l.notify = make(chan struct{})
 	l.drainLocked(Ballot{}, 0)

@@ -370,6 +370,43 @@ func TestJoinAfterCompaction(t *testing.T) {
 	c.check()
 }
 
+// TestPowerCutRightAfterShrinking: a cluster shrunk to one node, which
+// then loses power before its client log is synced, comes back leading
+// alone. Slots of membership entries leave no client log record, so the
+// applied slot a restart finds comes from IDENTITY, recorded with the
+// membership once the log was synced (Learner.adoptLocked): without it
+// the node would go by its last membership but count votes of an older
+// one, whose other members are gone, and never lead again.
+func TestPowerCutRightAfterShrinking(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second)
+	c.mustAppend(leader, `"before"`)
+	a := leader%3 + 1
+	c.reconfig(leader, ReconfigReq{Remove: a})
+	c.dropNode(a)
+	r := 6 - leader - a
+	c.reconfig(r, ReconfigReq{Remove: leader})
+	c.dropNode(leader)
+	c.waitVoters(r)
+	n := c.node(r)
+	m := n.config()
+	c.crash(r) // a power cut: the client log's unsynced records are gone
+	c.start(r)
+	n = c.node(r)
+	if got := n.learner.Applied(); got < m.Slot {
+		t.Fatalf("after the restart node %d has applied slot %d, below its membership's slot %d", r, got, m.Slot)
+	}
+	if got := n.membershipAt(n.learner.Applied()); got == nil || !got.sameMembers(m) {
+		t.Fatalf("after the restart the membership that governs the next slot is %v, want %s", got, m)
+	}
+	if got := c.leader(5 * time.Second); got != r {
+		t.Fatalf("leader %d, want %d", got, r)
+	}
+	c.mustAppend(r, `"alone"`)
+	c.check()
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))

@@ -570,7 +570,11 @@ func NewNode(cfg Config, tr Transport) (*Node, error) {
 		return nil, err
 	}
 	fi, known := acc.FloorIndex()
-	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), learnerFloor{acc.Floor(), fi, known}, syncObserver("log"))
+	floor := learnerFloor{acc.Floor(), fi, known}
+	if id, err := readIdentity(cfg.DataDir); err == nil && id.Applied > floor.slot {
+		floor = learnerFloor{id.Applied, id.AppliedIndex, true} // applied when it recorded a membership
+	}
+	lrn, err := openLearner(n, filepath.Join(cfg.DataDir, "log"), floor, syncObserver("log"))
 	if err != nil {
 		acc.close()
 		return nil, err

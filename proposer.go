@@ -953,7 +953,18 @@ func (p *Proposer) campaign(ctx context.Context) {
 	p.n.log.Debug("campaigning", "ballot", b.String(), "from", from)
 	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
 	defer cancel()
-	mem := p.n.config()
+	mem := p.n.membershipAt(from - 1)
+	if mem == nil {
+		// It does not know the membership that governs from (below):
+		// learn up to the one it knows, and campaign next time.
+		if target := max(p.n.config().Slot, p.n.learner.KnownCommit()); target >= from {
+			p.n.learner.waitApplied(cctx, target, 0)
+		}
+		return
+	}
+	if !mem.isVoter(p.n.cfg.ID) {
+		return // not a voter where it would start: no prepare that could unseat a leader
+	}
 	promises, ok := p.gatherPromises(cctx, b, from, mem.voters())
 	if !ok {
 		return
@@ -982,9 +993,14 @@ func (p *Proposer) campaign(ctx context.Context) {
 		applied := p.n.learner.Applied()
 		if base = p.n.membershipAt(applied); base == nil {
 			// M1: a joining node took the cluster's latest membership when
-			// it was added, ahead of what it has applied, and cannot
-			// tell which one governs start: learn up to it first.
-			if err := p.n.learner.waitApplied(cctx, p.n.config().Slot, 0); err != nil {
+			// it was added, ahead of what it has applied (a rebuilt one
+			// may not have applied the genesis entry), and cannot tell
+			// which one governs start: learn up to what it knows first.
+			target := max(p.n.config().Slot, p.n.learner.KnownCommit())
+			if target <= applied {
+				return
+			}
+			if err := p.n.learner.waitApplied(cctx, target, 0); err != nil {
 				p.n.log.Debug("campaign: catch-up to the membership failed", "ballot", b.String(), "err", err)
 				return
 			}

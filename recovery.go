@@ -162,6 +162,13 @@ type identity struct {
 	// with the slots a peer catches up on (M1).
 	Membership *membership   `json:"membership,omitempty"`
 	Earlier    []*membership `json:"earlier,omitempty"`
+	// Applied is the slot this node had applied, its client log synced
+	// through AppliedIndex, when it last recorded a membership it applied:
+	// a restart counts every slot through it as applied (slots of system
+	// entries and no-ops leave no client log record), so it never finds
+	// its applied slot below a membership it recorded (M1).
+	Applied      Slot  `json:"applied,omitempty"`
+	AppliedIndex Index `json:"applied_index,omitempty"`
 }
 
 // errIdentityDamaged: IDENTITY fails its checksum or does not parse.
@@ -316,7 +323,18 @@ func (n *Node) startMembership() *membership {
 // adoptMembership records m, chosen in m.Slot, as this node's membership
 // if it is newer than the one it has; an older one it did not know joins
 // Earlier (a node that joined, or rebuilt, learns the history it skipped).
-func (n *Node) adoptMembership(m *membership) {
+// m comes from a peer (a joining node), not from applying its slot.
+func (n *Node) adoptMembership(m *membership) { n.adoptMembershipApplied(m, 0, 0) }
+
+// adoptMembershipApplied is adoptMembership for a node that has applied
+// every slot through applied, its client log synced through index
+// (Learner.adoptLocked); 0 when m comes from elsewhere.
+func (n *Node) adoptMembershipApplied(m *membership, applied Slot, index Index) {
+	noteApplied := func(id *identity) {
+		if applied > id.Applied {
+			id.Applied, id.AppliedIndex = applied, index
+		}
+	}
 	cur := n.config()
 	if cur != nil && cur.Slot >= m.Slot && cur.Slot != 0 {
 		if m.Slot == cur.Slot || m.Slot == 0 {
@@ -331,7 +349,7 @@ func (n *Node) adoptMembership(m *membership) {
 		if known {
 			return
 		}
-		if err := n.updateIdentity(func(id *identity) { id.Earlier = withEarlier(id.Earlier, m) }); err != nil {
+		if err := n.updateIdentity(func(id *identity) { id.Earlier = withEarlier(id.Earlier, m); noteApplied(id) }); err != nil {
 			n.fatal(fmt.Errorf("record membership: %w", err))
 		}
 		return
@@ -341,6 +359,7 @@ func (n *Node) adoptMembership(m *membership) {
 			id.Earlier = withEarlier(id.Earlier, cur)
 		}
 		id.Membership = m
+		noteApplied(id)
 	}); err != nil {
 		n.fatal(fmt.Errorf("record membership: %w", err))
 		return
@@ -403,19 +422,23 @@ func (n *Node) membershipsFor(from, to Slot) []*membership {
 // slot below memberships it had adopted before (the client log is synced
 // lazily; they stay recorded). Before the first, --peers governs; a
 // joining node, which took the cluster's latest membership when it was
-// added, has no such fallback: nil until it has caught up to one.
+// added, and a node that knows the cluster's identity but has not applied
+// its genesis entry (a rebuilt disk) have no such fallback: nil until
+// they have caught up to one.
 func (n *Node) membershipAt(applied Slot) *membership {
 	n.idMu.Lock()
 	all := append(append([]*membership(nil), n.identity.Earlier...), n.identity.Membership)
 	n.idMu.Unlock()
 	var best *membership
+	recorded := false
 	for _, m := range all {
+		recorded = recorded || (m != nil && m.Slot > 0)
 		if m != nil && m.Slot > 0 && m.Slot <= applied && (best == nil || m.Slot > best.Slot) {
 			best = m
 		}
 	}
-	if best == nil && len(n.cfg.Join) == 0 {
-		best = flagMembership(n.cfg.Members, n.cfg.PeerURLs)
+	if best == nil && !recorded && len(n.cfg.Join) == 0 && n.ClusterID() == "" {
+		best = flagMembership(n.cfg.Members, n.cfg.PeerURLs) // before the genesis entry
 	}
 	return best
 }
