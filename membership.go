@@ -51,12 +51,20 @@ import (
 //     as it applies their slots (from the values, or from the list a
 //     catch-up reply carries: system entries are not in the client log)
 //     and keeps them all in IDENTITY, so it knows every membership at or
-//     below its applied slot even when a restart leaves that slot below
-//     ones it adopted before. A candidate takes the one that governs its
+//     below its applied slot. It records one only once its client log is
+//     synced through the slot that set it, and records that applied slot
+//     with it; a restart opens the learner from there, so its applied
+//     slot is never below a membership it recorded (slots of system
+//     entries leave no client log record to count from). A catch-up
+//     reply's memberships are recorded slot by slot as they are applied,
+//     so a crash can leave no later slot applied and an earlier
+//     membership unrecorded. A candidate takes the one that governs its
 //     first slot from that history (Node.membershipAt), never simply the
 //     latest it knows: a node that joined, or rebuilt through joining,
 //     took the cluster's latest when it was added, and catches up to it
-//     before it campaigns. Only a voter of that membership leads, and a
+//     before it campaigns (--peers governs only before the genesis entry
+//     is applied and the cluster identity known). Only a voter of that
+//     membership sends a prepare or leads, and a
 //     voter refuses prepares from a member it knows was removed (one
 //     that was down through its removal would otherwise unseat leaders).
 //   - M5: ids are never used twice: a removed member's id stays in
