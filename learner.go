@@ -154,8 +154,11 @@ type Learner struct {
 	waiters     map[string][]waiter     // identity -> appends waiting for it
 	// mems are memberships catch-up replies carried whose slots are not
 	// applied yet, oldest first: adopted as each slot is applied (M1).
-	mems   []*membership
-	notify chan struct{} // closed and replaced on every apply
+	mems []*membership
+	// genesis is the cluster identity of the genesis entry being applied,
+	// recorded with its membership (adoptLocked).
+	genesis string
+	notify  chan struct{} // closed and replaced on every apply
 
 	kick chan struct{} // wakes the catch-up loop
 
@@ -505,7 +508,10 @@ func (l *Learner) applySystem(slot Slot, e Entry) *membership {
 	if v.Genesis != "" {
 		switch cid := l.n.ClusterID(); cid {
 		case "":
-			l.n.adoptCluster(v.Genesis, fmt.Sprintf("genesis entry in slot %d", slot))
+			if len(v.Members) == 0 {
+				l.n.adoptCluster(v.Genesis, fmt.Sprintf("genesis entry in slot %d", slot))
+			}
+			l.genesis = v.Genesis // recorded with the membership it sets
 		case v.Genesis:
 			// The identity came first (a hello, a catch-up reply: a
 			// rebuilt disk); the entry still sets the first membership.
@@ -909,7 +915,11 @@ func (l *Learner) adoptLocked(m *membership) error {
 	if err := l.journal.Sync(); err != nil {
 		return fmt.Errorf("learner: sync before recording a membership: %w", err)
 	}
-	l.n.adoptMembershipApplied(m, l.applied, l.last)
+	cluster := ""
+	if l.genesis != "" && m.Slot == l.applied {
+		cluster, l.genesis = l.genesis, ""
+	}
+	l.n.adoptMembershipApplied(m, l.applied, l.last, cluster)
 	return nil
 }
 

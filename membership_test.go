@@ -407,6 +407,26 @@ func TestPowerCutRightAfterShrinking(t *testing.T) {
 	c.check()
 }
 
+// TestGenesisRecordedInOneWrite: the cluster identity and the first
+// membership reach IDENTITY together, with the applied slot, so a restart
+// (here of a lone node, which has no peer to learn either from) never
+// finds the one without the other and can always lead again.
+func TestGenesisRecordedInOneWrite(t *testing.T) {
+	c := newTestCluster(t, 1, testSeed(t))
+	c.leader(5 * time.Second)
+	c.waitOneIdentity(5 * time.Second)
+	id, err := readIdentity(c.dirs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Cluster == "" || id.Membership == nil || id.Applied < id.Membership.Slot {
+		t.Fatalf("IDENTITY after the genesis entry: cluster %q membership %v applied %d", id.Cluster, id.Membership, id.Applied)
+	}
+	c.restart(1)
+	c.leader(5 * time.Second)
+	c.mustAppend(1, `"after a restart"`)
+}
+
 // TestMembershipChangeErrors: what a change may not do.
 func TestMembershipChangeErrors(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))

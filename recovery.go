@@ -324,12 +324,15 @@ func (n *Node) startMembership() *membership {
 // if it is newer than the one it has; an older one it did not know joins
 // Earlier (a node that joined, or rebuilt, learns the history it skipped).
 // m comes from a peer (a joining node), not from applying its slot.
-func (n *Node) adoptMembership(m *membership) { n.adoptMembershipApplied(m, 0, 0) }
+func (n *Node) adoptMembership(m *membership) { n.adoptMembershipApplied(m, 0, 0, "") }
 
 // adoptMembershipApplied is adoptMembership for a node that has applied
 // every slot through applied, its client log synced through index
-// (Learner.adoptLocked); 0 when m comes from elsewhere.
-func (n *Node) adoptMembershipApplied(m *membership, applied Slot, index Index) {
+// (Learner.adoptLocked); 0 when m comes from elsewhere. cluster, if set,
+// is the identity the genesis entry that sets m gives: recorded in the
+// same write, so that no restart finds the identity without the first
+// membership (membershipAt falls back to --peers only without both).
+func (n *Node) adoptMembershipApplied(m *membership, applied Slot, index Index, cluster string) {
 	noteApplied := func(id *identity) {
 		if applied > id.Applied {
 			id.Applied, id.AppliedIndex = applied, index
@@ -354,15 +357,25 @@ func (n *Node) adoptMembershipApplied(m *membership, applied Slot, index Index) 
 		}
 		return
 	}
+	newCluster := cluster != "" && n.ClusterID() == ""
 	if err := n.updateIdentity(func(id *identity) {
 		if cur != nil && cur.Slot != 0 {
 			id.Earlier = withEarlier(id.Earlier, cur)
 		}
 		id.Membership = m
 		noteApplied(id)
+		if newCluster {
+			id.Cluster = cluster
+		}
 	}); err != nil {
 		n.fatal(fmt.Errorf("record membership: %w", err))
 		return
+	}
+	if newCluster {
+		n.log.Info("cluster identity", "cluster", cluster, "source", fmt.Sprintf("genesis entry in slot %d", m.Slot))
+		if n.onIdentity != nil {
+			n.onIdentity()
+		}
 	}
 	n.mem.Store(m)
 	n.metrics.members.Set(float64(len(m.ids())))
