@@ -64,9 +64,9 @@ import (
 //     took the cluster's latest when it was added, and catches up to it
 //     before it campaigns (--peers governs only before the genesis entry
 //     is applied and the cluster identity known). Only a voter of that
-//     membership sends a prepare or leads, and a
-//     voter refuses prepares from a member it knows was removed (one
-//     that was down through its removal would otherwise unseat leaders).
+//     membership sends a prepare or leads, and a voter refuses prepares
+//     from a member it knows was removed (one that was down through its
+//     removal would otherwise unseat leaders).
 //   - M5: ids are never used twice: a removed member's id stays in
 //     Removed and cannot be added again, so no message from a former
 //     incarnation of a member can count for a new one. A new member

@@ -955,11 +955,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 	defer cancel()
 	mem := p.n.membershipAt(from - 1)
 	if mem == nil {
-		// It does not know the membership that governs from (below):
-		// learn up to the one it knows, and campaign next time.
-		if target := max(p.n.config().Slot, p.n.learner.KnownCommit()); target >= from {
-			p.n.learner.waitApplied(cctx, target, 0)
-		}
+		p.catchUpToMembership(cctx, b, from-1) // and campaign next time
 		return
 	}
 	if !mem.isVoter(p.n.cfg.ID) {
@@ -992,16 +988,7 @@ func (p *Proposer) campaign(ctx context.Context) {
 		// change sets after it.
 		applied := p.n.learner.Applied()
 		if base = p.n.membershipAt(applied); base == nil {
-			// M1: a joining node took the cluster's latest membership when
-			// it was added, ahead of what it has applied (a rebuilt one
-			// may not have applied the genesis entry), and cannot tell
-			// which one governs start: learn up to what it knows first.
-			target := max(p.n.config().Slot, p.n.learner.KnownCommit())
-			if target <= applied {
-				return
-			}
-			if err := p.n.learner.waitApplied(cctx, target, 0); err != nil {
-				p.n.log.Debug("campaign: catch-up to the membership failed", "ballot", b.String(), "err", err)
+			if !p.catchUpToMembership(cctx, b, applied) {
 				return
 			}
 			continue
@@ -1086,6 +1073,24 @@ func (p *Proposer) campaign(ctx context.Context) {
 		go p.heartbeat(ctx, ls, id)
 	}
 	p.wake()
+}
+
+// catchUpToMembership is for a candidate that does not know the
+// membership governing the slot after applied (M1): a joining node took
+// the cluster's latest when it was added, ahead of what it has applied,
+// and a rebuilt one may not have applied the genesis entry. It learns up
+// to the latest membership or commit it knows of, and reports whether it
+// got further.
+func (p *Proposer) catchUpToMembership(ctx context.Context, b Ballot, applied Slot) bool {
+	target := max(p.n.config().Slot, p.n.learner.KnownCommit())
+	if target <= applied {
+		return false
+	}
+	if err := p.n.learner.waitApplied(ctx, target, 0); err != nil {
+		p.n.log.Debug("campaign: catch-up to the membership failed", "ballot", b.String(), "err", err)
+		return false
+	}
+	return true
 }
 
 // bestAccepted returns, for every slot from start on that any promise

@@ -411,13 +411,10 @@ func withEarlier(h []*membership, m *membership) []*membership {
 // Those this node does not know (it joined, or rebuilt, after them) are
 // left out.
 func (n *Node) membershipsFor(from, to Slot) []*membership {
-	n.idMu.Lock()
-	defer n.idMu.Unlock()
-	all := append(append([]*membership(nil), n.identity.Earlier...), n.config())
 	var out []*membership
-	for _, m := range all {
+	for _, m := range n.history() {
 		switch {
-		case m.Slot == 0 || m.Slot > to:
+		case m.Slot > to:
 		case m.Slot < from:
 			out = append(out[:0], m) // the latest before from governs it
 		default:
@@ -429,31 +426,35 @@ func (n *Node) membershipsFor(from, to Slot) []*membership {
 
 // membershipAt returns the membership that governs slot applied+1 (M1)
 // for a node that has applied through applied: the latest one chosen at
-// or below applied that this node knows. Memberships are adopted in slot
-// order as slots are applied, and kept in IDENTITY, so a node knows every
-// one at or below its applied slot, even after a restart left its applied
-// slot below memberships it had adopted before (the client log is synced
-// lazily; they stay recorded). Before the first, --peers governs; a
-// joining node, which took the cluster's latest membership when it was
-// added, and a node that knows the cluster's identity but has not applied
-// its genesis entry (a rebuilt disk) have no such fallback: nil until
-// they have caught up to one.
+// or below applied that this node knows. Memberships are recorded in slot
+// order as slots are applied, with the applied slot a restart resumes
+// from, so a node knows every one at or below its applied slot. Before
+// the genesis entry (no cluster identity yet) --peers governs. A joining
+// node, which took the cluster's latest membership when it was added, and
+// a node that knows the identity but has not applied the genesis entry (a
+// rebuilt disk) get nil until they have caught up to one.
 func (n *Node) membershipAt(applied Slot) *membership {
-	n.idMu.Lock()
-	all := append(append([]*membership(nil), n.identity.Earlier...), n.identity.Membership)
-	n.idMu.Unlock()
 	var best *membership
-	recorded := false
-	for _, m := range all {
-		recorded = recorded || (m != nil && m.Slot > 0)
-		if m != nil && m.Slot > 0 && m.Slot <= applied && (best == nil || m.Slot > best.Slot) {
+	for _, m := range n.history() {
+		if m.Slot <= applied {
 			best = m
 		}
 	}
-	if best == nil && !recorded && len(n.cfg.Join) == 0 && n.ClusterID() == "" {
-		best = flagMembership(n.cfg.Members, n.cfg.PeerURLs) // before the genesis entry
+	if best == nil && n.ClusterID() == "" {
+		best = flagMembership(n.cfg.Members, n.cfg.PeerURLs) // a joining node's is empty: it votes in nothing
 	}
 	return best
+}
+
+// history returns the memberships IDENTITY records, oldest first.
+func (n *Node) history() []*membership {
+	n.idMu.Lock()
+	defer n.idMu.Unlock()
+	h := append([]*membership(nil), n.identity.Earlier...)
+	if m := n.identity.Membership; m != nil && m.Slot > 0 {
+		h = append(h, m)
+	}
+	return h
 }
 
 // ClusterID returns the cluster's identity, "" while unknown.
