@@ -288,20 +288,16 @@ func TestNonVoterThatNeverComesUp(t *testing.T) {
 	if p4 == nil || p4.Voter || p4.Lag < 20 || p4.LastContact != -1 {
 		t.Fatalf("status of node 4: %+v", p4)
 	}
-	for _, m := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"paxoslog_peer_lag_slots", map[string]string{"peer": "4", "voter": "false"}, float64(p4.Lag)},
-		{"paxoslog_peer_lag_slots", map[string]string{"peer": fmt.Sprint(down), "voter": "true"}, -1},
-		{"paxoslog_members", nil, 4},
-		{"paxoslog_voters", nil, 3},
-		{"paxoslog_membership_change_in_progress", nil, 0},
+	for series, want := range map[string]float64{
+		`paxoslog_peer_lag_slots{peer="4",voter="false"}`:                    float64(p4.Lag),
+		fmt.Sprintf(`paxoslog_peer_lag_slots{peer="%d",voter="true"}`, down): -1, // there, whatever its lag
+		"paxoslog_members":                       4,
+		"paxoslog_voters":                        3,
+		"paxoslog_membership_change_in_progress": 0,
 	} {
-		got, ok := gaugeValue(t, n, m.name, m.labels)
-		if !ok || (m.want >= 0 && got != m.want) {
-			t.Fatalf("%s%v = %v (found %v), want %v", m.name, m.labels, got, ok, m.want)
+		got, ok := scrapeOK(t, n, series)
+		if !ok || (want >= 0 && got != want) {
+			t.Fatalf("%s = %v (found %v), want %v", series, got, ok, want)
 		}
 	}
 	c.start(down)
@@ -407,24 +403,40 @@ func TestPowerCutRightAfterShrinking(t *testing.T) {
 	c.check()
 }
 
-// TestGenesisRecordedInOneWrite: the cluster identity and the first
-// membership reach IDENTITY together, with the applied slot, so a restart
-// (here of a lone node, which has no peer to learn either from) never
-// finds the one without the other and can always lead again.
+// TestGenesisRecordedInOneWrite: the genesis entry's cluster identity and
+// first membership reach IDENTITY in one write, with the applied slot: at
+// the moment the identity is on disk the membership is too, so no crash
+// can leave a node (here a lone one, with no peer to learn from) that
+// knows the identity but not the membership, which could never campaign.
 func TestGenesisRecordedInOneWrite(t *testing.T) {
-	c := newTestCluster(t, 1, testSeed(t))
-	c.leader(5 * time.Second)
-	c.waitOneIdentity(5 * time.Second)
-	id, err := readIdentity(c.dirs[1])
+	dir := t.TempDir()
+	n, err := NewNode(Config{ID: 1, DataDir: dir}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.Cluster == "" || id.Membership == nil || id.Applied < id.Membership.Slot {
-		t.Fatalf("IDENTITY after the genesis entry: cluster %q membership %v applied %d", id.Cluster, id.Membership, id.Applied)
+	var seen *identity
+	n.onIdentity = func() {
+		id, err := readIdentity(dir)
+		if err != nil {
+			t.Errorf("read IDENTITY: %v", err)
+		}
+		seen = &id
 	}
-	c.restart(1)
-	c.leader(5 * time.Second)
-	c.mustAppend(1, `"after a restart"`)
+	v := entryValue(`"with the genesis"`)
+	v.Entries = append([]Entry{genesisEntry(newClusterID(), n.config())}, v.Entries...)
+	n.learner.chosen(SlotValue{Slot: 1, Value: v})
+	if seen == nil || seen.Cluster == "" || seen.Membership == nil || seen.Applied < 1 {
+		t.Fatalf("IDENTITY when the identity was recorded: %+v", seen)
+	}
+	n.Close()
+	n, err = NewNode(Config{ID: 1, DataDir: dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if m := n.membershipAt(n.learner.Applied()); m == nil || !m.isVoter(1) {
+		t.Fatalf("after a restart, the membership that governs the next slot: %v", m)
+	}
 }
 
 // TestMembershipChangeErrors: what a change may not do.
@@ -627,33 +639,4 @@ func (c *testCluster) leaderNow() NodeID {
 		}
 	}
 	return 0
-}
-
-// gaugeValue gathers node n's metrics and returns the value of the gauge
-// name whose labels include labels.
-func gaugeValue(t *testing.T, n *Node, name string, labels map[string]string) (float64, bool) {
-	t.Helper()
-	mfs, err := n.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
 }

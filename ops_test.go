@@ -236,6 +236,13 @@ func TestRollingRestart(t *testing.T) {
 // scrape reads one series' value from a node's /metrics.
 func scrape(t *testing.T, n *Node, series string) float64 {
 	t.Helper()
+	v, _ := scrapeOK(t, n, series)
+	return v
+}
+
+// scrapeOK is scrape, and whether /metrics has the series at all.
+func scrapeOK(t *testing.T, n *Node, series string) (float64, bool) {
+	t.Helper()
 	rec := httptest.NewRecorder()
 	newHandler(n, handlerOptions{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
@@ -244,10 +251,10 @@ func scrape(t *testing.T, n *Node, series string) float64 {
 			if err != nil {
 				t.Fatalf("%s: %v", line, err)
 			}
-			return v
+			return v, true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // The metrics move as appends, reads and syncs happen.
