@@ -203,6 +203,38 @@ type testCluster struct {
 
 	memMu  sync.Mutex
 	chosen map[Slot]*membership // every membership a node adopted, by the slot that chose it
+
+	histMu  sync.Mutex
+	history map[Index]string // every entry any node applied, by index (retention drops none of it)
+	histBy  map[Index]NodeID
+}
+
+// recordApplied notes that node id applied data at index i: every node
+// must apply the same entry at every index (L2), whatever it retains.
+func (c *testCluster) recordApplied(id NodeID, i Index, data []byte) {
+	c.histMu.Lock()
+	defer c.histMu.Unlock()
+	if prev, ok := c.history[i]; ok && prev != string(data) {
+		c.t.Errorf("index %d: node %d applied %s, node %d applied %s", i, id, data, c.histBy[i], prev)
+		return
+	}
+	c.history[i], c.histBy[i] = string(data), id
+}
+
+// fullLog is the log every node applied, from index 1, entries that
+// retention dropped since included.
+func (c *testCluster) fullLog() []string {
+	c.t.Helper()
+	c.histMu.Lock()
+	defer c.histMu.Unlock()
+	out := make([]string, len(c.history))
+	for i, d := range c.history {
+		if i < 1 || int(i) > len(out) {
+			c.t.Fatalf("the applied log has a hole: index %d of %d", i, len(out))
+		}
+		out[i-1] = d
+	}
+	return out
 }
 
 func testConfig() Config {
@@ -233,6 +265,7 @@ func newTestClusterWith(t *testing.T, size int, seed int64, tweak func(*Config))
 		t: t, net: newMemNet(seed), dirs: map[NodeID]string{}, seed: seed, cfg: testConfig(),
 		nodes: map[NodeID]*testNode{}, acked: map[string]Index{}, joiners: map[NodeID]bool{},
 		life: map[NodeID]*sync.Mutex{}, armed: map[NodeID]string{}, chosen: map[Slot]*membership{},
+		history: map[Index]string{}, histBy: map[Index]NodeID{},
 	}
 	if tweak != nil {
 		tweak(&c.cfg)
@@ -279,6 +312,7 @@ func (c *testCluster) start(id NodeID) {
 		c.t.Fatalf("start node %d: %v", id, err)
 	}
 	n.onMembership = func(m *membership) { c.recordMembership(id, m) }
+	n.onApply = func(i Index, data []byte) { c.recordApplied(id, i, data) }
 	n.acceptor.hook = func(point string) error {
 		c.mu.Lock()
 		fire := c.armed[id] == point
@@ -545,11 +579,29 @@ func (c *testCluster) check() {
 		}
 		seen[d] = i
 	}
+	c.histMu.Lock()
+	for i, d := range ref {
+		if h, ok := c.history[i]; ok && h != d {
+			c.t.Fatalf("index %d holds %s, but %s was applied there", i, d, h)
+		}
+	}
+	for i, d := range c.history { // entries retention dropped are checked too
+		if j, dup := seen[d]; dup && j != i {
+			c.t.Fatalf("%s was applied at %d and at %d", d, j, i)
+		}
+		seen[d] = i
+	}
+	c.histMu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for d, idx := range c.acked {
 		got, ok := ref[idx]
-		if idx > maxLast || (ok && got != d) {
+		if !ok {
+			c.histMu.Lock()
+			got, ok = c.history[idx]
+			c.histMu.Unlock()
+		}
+		if idx > maxLast || !ok || got != d {
 			c.t.Fatalf("acknowledged %s at %d, the log (to %d) holds %q there", d, idx, maxLast, got)
 		}
 	}

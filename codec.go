@@ -133,7 +133,9 @@ func (m *ForwardReq) UnmarshalBinary(p []byte) error {
 
 // MarshalBinary encodes m in the binary form: 'C' (1 byte), len(cluster),
 // cluster, through, compacted (0 or 1), first, first slot, slot values,
-// then the length of the memberships' JSON and that JSON (0: none).
+// then the length of the memberships' JSON and that JSON (0: none); when
+// compacted, then the dedup state: dedup from, count, and each record
+// with its length before it.
 func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 48+len(m.Cluster)+valuesSize(m.Values))
 	b = append(b, tagCatchup)
@@ -156,7 +158,16 @@ func (m CatchupResp) MarshalBinary() ([]byte, error) {
 		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(mem)))
-	return append(b, mem...), nil
+	b = append(b, mem...)
+	if m.Compacted { // the dedup state, only with a prefix (older builds end before it)
+		b = binary.AppendUvarint(b, uint64(m.DedupFrom))
+		b = binary.AppendUvarint(b, uint64(len(m.Dedup)))
+		for _, r := range m.Dedup {
+			b = binary.AppendUvarint(b, uint64(len(r)))
+			b = append(b, r...)
+		}
+	}
+	return b, nil
 }
 
 // UnmarshalBinary decodes the binary form, or JSON (what builds before
@@ -174,6 +185,13 @@ func (m *CatchupResp) UnmarshalBinary(p []byte) error {
 	if mem := d.bytes(d.uvarint()); len(mem) > 0 && d.err == nil {
 		if err := json.Unmarshal(mem, &m.Memberships); err != nil {
 			d.fail(fmt.Errorf("memberships: %w", err))
+		}
+	}
+	if m.Compacted && len(d.b) > 0 {
+		m.DedupFrom = Index(d.uvarint())
+		n := d.count(1)
+		for i := 0; i < n && d.err == nil; i++ {
+			m.Dedup = append(m.Dedup, d.bytes(d.uvarint()))
 		}
 	}
 	return d.end("catch-up reply")

@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -24,23 +27,28 @@ import (
 //     a chosen fact: the leader's own quorum, a local acceptance under the
 //     very ballot whose leader declared the slot chosen, or a peer's log).
 //   - L2: the index assignment is a pure function of the chosen sequence
-//     (dedup looks only at the previous DedupWindow indices), so every node
-//     holds the same entry at every index.
+//     (dedup looks only at the identities of the previous DedupWindow
+//     indices, kept apart from the entries: dedup.go, D1-D4), so every
+//     node holds the same entry at every index.
 //   - L3: records for a slot are written in one batch; a batch cut short by
 //     a crash is dropped whole on open and re-learned.
-//   - L4: retention keeps at least the dedup window's entries and cuts only
-//     at the first entry of a slot. So a node that installs a peer's
+//   - L4: retention cuts the journal only at the first entry of a slot
+//     (kept), however much it drops for readers (first >= kept; the
+//     records of first's slot before it stay on disk, unread by clients,
+//     until a later cut passes them). So a node that installs a peer's
 //     compacted prefix (an empty log whose numbering starts at the peer's
-//     first index, applied up to the slot before it) learns every entry
-//     that its later dedup decisions look at from the peer's log.
+//     kept index, every slot before that one's applied) gets whole slots
+//     from there on, and the peer's dedup state for the window below it
+//     (D3), so its later dedup decisions see what the peer's do.
 
 // defaultDedupWindow is how many of the latest indices are searched for
 // an entry's identity (its Idempotency-Key, or else its id) before it is
 // given a new index. Nodes resend entries only within RequestTimeout, far
 // fewer appends than this at any rate reached; an Idempotency-Key is
-// remembered for the window's entries that follow it. The window must be
-// the same on every node (invariant L2), so it is no flag; tests shrink it
-// through Config.DedupWindow.
+// remembered for the window's entries that follow it, whether or not
+// retention still keeps its entry (dedup.go). The window must be the same
+// on every node (invariant L2), so it is no flag; tests shrink it through
+// Config.DedupWindow.
 const defaultDedupWindow = 1 << 18
 
 // catchupBatch is the most entries one catch-up reply carries.
@@ -141,9 +149,11 @@ func (e LogEntry) appendJSON(b []byte) []byte {
 type Learner struct {
 	n       *Node
 	journal *journal
+	dedup   *journal // identity of the entry at each index of the window (dedup.go)
 
 	mu          sync.Mutex // protects the fields below
-	first, last Index      // retained indices; empty when first == last+1
+	first, last Index      // indices readers get; empty when first == last+1
+	kept        Index      // first index in the journal (<= first: L4)
 	applied     Slot
 	pending     map[Slot]Value          // chosen, waiting for the slots before them
 	knownCommit Slot                    // highest slot known chosen
@@ -165,9 +175,6 @@ type Learner struct {
 	relearn Index  // damage dropped records through this index; learning them again (0: none)
 	sum     uint64 // running sum of entry hashes through last (check.go)
 	sumFrom Index  // first index whose record carries a sum
-	// gaps are damaged indices in the dedup window whose identities it
-	// lacks: nothing is applied until they are repaired (repair.go).
-	gaps map[Index]struct{}
 
 	dmgMu      sync.Mutex         // protects damaged
 	damaged    map[Index]struct{} // indices that failed their check, not yet repaired
@@ -206,8 +213,51 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 	if err != nil {
 		return nil, err
 	}
+	// The dedup journal: what its tail lost is filled from the client log
+	// as it reconciles (dedupReconcile), or else its loss is handled there.
+	d, err := openJournal(filepath.Join(filepath.Dir(dir), "dedup"), journalOptions{OnSync: onSync, SegmentSize: seg})
+	if err != nil {
+		j.Close()
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		l := newLearner(n, j, d, holes)
+		err := l.resumeInstall()
+		if err == nil {
+			err = l.load(floor, lost)
+		}
+		if errors.Is(err, errDedupLost) && attempt == 0 && !aloneAtOpen(n) {
+			// D2 cannot be restored from this node's files: learn the
+			// client log and its dedup state again from peers.
+			n.log.Error("the dedup state under --data is damaged or lost and cannot be rebuilt from the client log; dropping the client log to learn it again, with the dedup state, from peers",
+				"file", n.relPath(d.dir), "err", err)
+			if err = j.Reset(0, nil); err == nil {
+				err = d.Reset(0, nil)
+			}
+			if err == nil {
+				err = removeIfExists(filepath.Join(dir, firstFile))
+			}
+			if err == nil {
+				floor = learnerFloor{slot: floor.slot, index: max(floor.index, 1), known: true}
+				holes, lost = nil, 0
+				continue
+			}
+		}
+		if errors.Is(err, errDedupLost) {
+			err = fmt.Errorf("%w, and no other member holds it: restore --data from a backup", err)
+		}
+		if err != nil {
+			j.Close()
+			d.Close()
+			return nil, fmt.Errorf("learner: %w", err)
+		}
+		return l, nil
+	}
+}
+
+func newLearner(n *Node, j, d *journal, holes []uint64) *Learner {
 	l := &Learner{
-		n: n, journal: j,
+		n: n, journal: j, dedup: d,
 		pending: make(map[Slot]Value),
 		recent:  make(map[string]appliedEntry),
 		window:  Index(n.cfg.DedupWindow),
@@ -215,21 +265,14 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 		waiters: make(map[string][]waiter),
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
-		gaps:    make(map[Index]struct{}),
 		damaged: make(map[Index]struct{}),
 
 		repairKick: make(chan struct{}, 1),
 	}
-	l.dmgMu.Lock()
 	for _, h := range holes {
 		l.damaged[Index(h)] = struct{}{}
 	}
-	l.dmgMu.Unlock()
-	if err := l.load(floor, lost); err != nil {
-		j.Close()
-		return nil, fmt.Errorf("learner: %w", err)
-	}
-	return l, nil
+	return l
 }
 
 // load rebuilds the learner's memory from its journal (L3 repair first).
@@ -255,7 +298,7 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 		}
 		last = keep
 	}
-	l.first, l.last = Index(first), Index(last)
+	l.first, l.last, l.kept = Index(first), Index(last), Index(first)
 	l.sumFrom = l.last + 1
 	if last >= first {
 		rec, err := l.record(Index(last))
@@ -285,25 +328,43 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 	if lost > l.last {
 		l.relearn = lost
 	}
-	start := l.first
-	if l.last >= l.window && l.last-l.window+1 > start {
-		start = l.last - l.window + 1
+	if err := l.dedupReconcile(); err != nil {
+		return err
 	}
-	for i := start; i <= l.last && l.last > 0; i++ {
-		rec, err := l.record(i)
-		if errors.Is(err, errJournalCorrupt) {
-			l.gaps[i] = struct{}{} // noted damaged by record; repaired before anything is applied
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		l.remember(i, rec.ID, Entry{ID: rec.ID, Key: rec.Key}.identity())
-	}
+	l.first = max(l.first, min(l.visibleFirst(), l.last))
 	return nil
 }
 
-func (l *Learner) close() error { return l.journal.Close() }
+func (l *Learner) close() error { return errors.Join(l.journal.Close(), l.dedup.Close()) }
+
+// crash drops what was not synced in both journals (tests).
+func (l *Learner) crash() error { return errors.Join(l.journal.crash(), l.dedup.crash()) }
+
+// firstFile, in the client log's directory, holds the first index readers
+// get when it is past the first one the journal holds (L4).
+const firstFile = "FIRST"
+
+// visibleFirst reads firstFile (0 if there is none).
+func (l *Learner) visibleFirst() Index {
+	b, err := os.ReadFile(filepath.Join(l.journal.dir, firstFile))
+	if err != nil {
+		return 0
+	}
+	v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return Index(v)
+}
+
+// writeVisibleFirst records first in firstFile, durably.
+func (l *Learner) writeVisibleFirst(first Index) error {
+	path := filepath.Join(l.journal.dir, firstFile)
+	if err := writeFileSync(path+".tmp", strconv.AppendUint(nil, uint64(first), 10)); err != nil {
+		return err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
+	}
+	return syncDir(l.journal.dir)
+}
 
 // record reads and decodes the record at index i. A record that fails
 // its check is noted for repair (repair.go).
@@ -380,9 +441,6 @@ func (l *Learner) chosenWith(ms []*membership, vals ...SlotValue) {
 // for those slots, hence the chosen ones). Only b's own commit counts: a
 // higher commit heard from another leader says nothing about b's values.
 func (l *Learner) drainLocked(b Ballot, commit Slot) {
-	if len(l.gaps) > 0 {
-		return // the dedup window lacks identities: repair first (repair.go)
-	}
 	for {
 		next := l.applied + 1
 		v, ok := l.pending[next]
@@ -462,11 +520,25 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		if Index(lastRec) != l.last+Index(len(fresh)) {
 			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
 		}
+		dd := make([][]byte, len(fresh)) // D1
+		for i, e := range fresh {
+			dd[i] = dedupRecord(e.ID, e.Key)
+		}
+		lastDedup, err := l.dedup.Append(dd...)
+		if err != nil {
+			return fmt.Errorf("apply slot %d: dedup journal: %w", slot, err)
+		}
+		if lastDedup != lastRec {
+			return fmt.Errorf("apply slot %d: dedup journal at %d, client log at %d", slot, lastDedup, lastRec)
+		}
 		l.sum = sum
 		for i, e := range fresh {
 			l.last++
 			k := keys[i]
 			l.remember(l.last, e.ID, k)
+			if l.n.onApply != nil {
+				l.n.onApply(l.last, e.Data)
+			}
 			for _, w := range l.waiters[k] {
 				w.ch <- Applied{Index: l.last, Duplicate: w.id != e.ID}
 			}
@@ -608,6 +680,13 @@ func (l *Learner) Bounds() (first, last Index) {
 	return l.first, l.last
 }
 
+// keptBounds returns the first index the journal holds and the last one.
+func (l *Learner) keptBounds() (kept, last Index) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.kept, l.last
+}
+
 // Notify returns a channel closed at the next apply.
 func (l *Learner) Notify() <-chan struct{} {
 	l.mu.Lock()
@@ -662,8 +741,8 @@ func (l *Learner) durableApplied() (Slot, Index, error) {
 	l.mu.Lock()
 	applied, last := l.applied, l.last
 	l.mu.Unlock()
-	if err := l.journal.Sync(); err != nil {
-		return 0, 0, fmt.Errorf("learner: %w", err)
+	if err := l.syncJournals(); err != nil {
+		return 0, 0, err
 	}
 	return applied, last, nil
 }
@@ -681,7 +760,12 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 		max = catchupBatch
 	}
 	l.mu.Lock()
-	applied, first, last := l.applied, l.first, l.last
+	applied, first, last := l.applied, l.kept, l.last
+	var dedupFrom Index
+	var dedup [][]byte
+	if next > 0 && next < first {
+		dedupFrom, dedup = l.dedupDataFor(first)
+	}
 	l.mu.Unlock()
 	resp := CatchupResp{Through: from - 1}
 	if from > applied {
@@ -689,12 +773,12 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 	}
 	if next > 0 && next < first {
 		// The entries the requester needs next are gone here: hand it the
-		// compacted prefix instead (L4).
+		// compacted prefix instead, with the dedup state below it (L4).
 		s, err := l.slotOf(first)
 		if err != nil {
 			return resp, err
 		}
-		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1}, nil
+		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1, DedupFrom: dedupFrom, Dedup: dedup}, nil
 	}
 	// The first index whose slot >= from. A requester that holds every
 	// entry of the slots before from (and nothing else) names it: next,
@@ -793,8 +877,8 @@ func (l *Learner) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-sync.C:
-			if err := l.journal.Sync(); err != nil {
-				l.n.fatal(fmt.Errorf("learner: %w", err))
+			if err := l.syncJournals(); err != nil {
+				l.n.fatal(err)
 				return
 			}
 			continue
@@ -802,6 +886,10 @@ func (l *Learner) run(ctx context.Context) {
 			if err := l.retain(); errors.Is(err, errJournalCorrupt) {
 				continue // noted for repair; retention runs again later
 			} else if err != nil {
+				l.n.fatal(err)
+				return
+			}
+			if err := l.trimDedup(); err != nil {
 				l.n.fatal(err)
 				return
 			}
@@ -825,13 +913,9 @@ func (l *Learner) catchUp(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		from, target, peer, next := l.applied+1, l.knownCommit, l.commitFrom, l.last+1
-		gaps := len(l.gaps)
 		l.mu.Unlock()
 		if from > target {
 			return nil
-		}
-		if gaps > 0 {
-			return errNoProgress // nothing is applied until the dedup window is repaired
 		}
 		if peer == 0 || peer == l.n.cfg.ID {
 			peer = l.n.proposer.anyPeer()
@@ -847,7 +931,7 @@ func (l *Learner) catchUp(ctx context.Context) error {
 			l.n.adoptCluster(resp.Cluster, fmt.Sprintf("catch-up from node %d", peer))
 		}
 		if err == nil && resp.Compacted {
-			if err := l.installPrefix(resp.First, resp.FirstSlot, resp.Memberships); err != nil {
+			if err := l.installPrefix(resp, resp.Memberships); err != nil {
 				l.n.fatal(err)
 				return err
 			}
@@ -912,8 +996,8 @@ func (l *Learner) adoptDueLocked() error {
 // (M1). Without that, a restart would find its applied slot below the
 // memberships it recorded.
 func (l *Learner) adoptLocked(m *membership) error {
-	if err := l.journal.Sync(); err != nil {
-		return fmt.Errorf("learner: sync before recording a membership: %w", err)
+	if err := l.syncJournals(); err != nil {
+		return fmt.Errorf("sync before recording a membership: %w", err)
 	}
 	cluster := ""
 	if l.genesis != "" && m.Slot == l.applied {
@@ -931,22 +1015,37 @@ func (l *Learner) installedSlot() Slot {
 }
 
 // installPrefix makes this node's client log continue at a peer's first
-// retained index: its own entries, all older than that, are dropped, and
-// every slot before firstSlot counts as applied. Used when a peer has
-// compacted away what this node would need to catch up entry by entry.
-func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) error {
+// kept index, resp.First: its own entries, all older than that, are
+// dropped, every slot before resp.FirstSlot counts as applied, and the
+// dedup state becomes the one the peer sent for the window below it
+// (D3). Used when a peer has compacted away what this node would need to
+// catch up entry by entry.
+func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	first, firstSlot := resp.First, resp.FirstSlot
 	if l.last+1 >= first || firstSlot == 0 {
 		return l.holdMembershipsLocked(ms) // caught up meanwhile
 	}
+	if len(resp.Dedup) > 0 && resp.DedupFrom+Index(len(resp.Dedup)) != first {
+		return fmt.Errorf("learner: install prefix at %d: dedup records from %d do not end below it", first, resp.DedupFrom)
+	}
+	for k, p := range resp.Dedup {
+		if _, _, err := decodeDedupRecord(p); err != nil {
+			return fmt.Errorf("learner: install prefix at %d: index %d: %w", first, resp.DedupFrom+Index(k), err)
+		}
+	}
 	applied := max(l.applied, firstSlot-1)
-	meta := strconv.AppendUint(nil, uint64(applied), 10)
-	if err := l.journal.Reset(uint64(first-1), meta); err != nil {
+	in := prefixInstall{First: first, Applied: applied, DedupFrom: resp.DedupFrom, Dedup: resp.Dedup}
+	if err := l.beginInstall(in); err != nil {
 		return fmt.Errorf("learner: install prefix at %d: %w", first, err)
 	}
-	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot)
-	l.first, l.last, l.applied = first, first-1, applied
+	if err := l.finishInstall(in); err != nil {
+		return fmt.Errorf("learner: install prefix at %d: %w", first, err)
+	}
+	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot, "dedup_records", len(resp.Dedup))
+	l.n.metrics.prefixInstalls.Inc()
+	l.first, l.kept, l.last, l.applied = first, first, first-1, applied
 	l.sum, l.sumFrom = 0, first
 	l.n.metrics.firstIndex.Set(float64(first))
 	if l.knownCommit < applied {
@@ -959,6 +1058,11 @@ func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) e
 	}
 	clear(l.recent)
 	clear(l.ring)
+	for k, p := range resp.Dedup {
+		if err := l.rememberRecord(resp.DedupFrom+Index(k), p); err != nil {
+			return err
+		}
+	}
 	if err := l.holdMembershipsLocked(ms); err != nil {
 		return err
 	}
@@ -968,14 +1072,16 @@ func (l *Learner) installPrefix(first Index, firstSlot Slot, ms []*membership) e
 	return nil
 }
 
-// retain applies the retention policy: it moves the first retained index
-// forward to the most any limit asks for, within L4's bounds.
+// retain applies the retention policy: it moves the first index readers
+// get forward to the most any limit asks for (the last entry stays).
 func (l *Learner) retain() error {
 	cfg := l.n.cfg
 	if cfg.RetainEntries <= 0 && cfg.RetainAge <= 0 && cfg.RetainBytes <= 0 {
 		return nil
 	}
-	first, last := l.Bounds()
+	l.mu.Lock()
+	first, last, kept := l.first, l.last, l.kept
+	l.mu.Unlock()
 	if last < first {
 		return nil
 	}
@@ -1002,47 +1108,54 @@ func (l *Learner) retain() error {
 	}
 	if cfg.RetainBytes > 0 {
 		if size := dirSize(l.journal.dir); size > cfg.RetainBytes {
-			count := int64(last - first + 1)
+			count := int64(last - kept + 1)
 			drop := Index(count * (size - cfg.RetainBytes) / size)
-			cut = max(cut, first+drop)
+			cut = max(cut, kept+drop)
 		}
 	}
 	_, err := l.compactBefore(cut)
 	return err
 }
 
-// compactBefore drops the entries below index cut, keeping at least the
-// dedup window's entries and cutting only where a slot's entries begin
-// (L4). It returns the first retained index.
+// compactBefore drops the entries below index cut, all but the last one
+// if cut asks for more, and returns the first index readers get now. The
+// journal is cut at the first entry of cut's slot (L4), after the dedup
+// journal is synced (D2).
 func (l *Learner) compactBefore(cut Index) (Index, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.last+1 > l.window {
-		cut = min(cut, l.last+1-l.window)
-	} else {
-		cut = 0
+	cut = min(cut, l.last)
+	if cut <= l.first {
+		return l.first, nil
 	}
-	for cut > l.first {
-		rec, err := l.record(cut)
+	at := cut // where the journal is cut: the first record of cut's slot
+	for at > l.kept {
+		rec, err := l.record(at)
 		if err != nil {
 			return l.first, err
 		}
 		if rec.Pos == 0 {
 			break
 		}
-		cut--
-	}
-	if cut <= l.first {
-		return l.first, nil
+		at -= Index(min(rec.Pos, int(at-l.kept)))
 	}
 	// Sync first: the records kept must be durable, so that after any
-	// crash the log still holds a record at or past cut, and with it the
-	// slot that maps slots to indices.
-	if err := l.journal.Sync(); err != nil {
-		return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+	// crash the log still holds a record at or past the cut, and with it
+	// the slot that maps slots to indices; and the dedup journal must
+	// hold every identity the client log drops (D2).
+	if err := l.syncJournals(); err != nil {
+		return l.first, fmt.Errorf("compact before %d: %w", cut, err)
 	}
-	if err := l.journal.TruncateFront(uint64(cut)); err != nil {
-		return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+	if cut > at {
+		if err := l.writeVisibleFirst(cut); err != nil {
+			return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+		}
+	}
+	if at > l.kept {
+		if err := l.journal.TruncateFront(uint64(at)); err != nil {
+			return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+		}
+		l.kept = at
 	}
 	l.first = cut
 	l.n.metrics.firstIndex.Set(float64(cut))

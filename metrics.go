@@ -34,6 +34,7 @@ type metrics struct {
 	members         prometheus.Gauge
 	voters          prometheus.Gauge
 	memberChanges   prometheus.Counter
+	prefixInstalls  prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -115,7 +116,7 @@ func newMetrics(n *Node) *metrics {
 	}, []string{"peer", "method"})
 	m.repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "paxoslog_repairs_total",
-		Help: "Damage to this node's files repaired from its peers, by journal (acceptor or log).",
+		Help: "Damage to this node's files repaired (from its peers, or for dedup records from the client log or memory), by journal (acceptor, log or dedup).",
 	}, []string{"journal"})
 	m.recovering = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "paxoslog_recovering",
@@ -137,6 +138,22 @@ func newMetrics(n *Node) *metrics {
 		Name: "paxoslog_membership_changes_total",
 		Help: "Membership changes this node has applied.",
 	})
+	m.prefixInstalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "paxoslog_prefix_installs_total",
+		Help: "Times this node caught up past its peers' retention by installing a peer's compacted prefix and dedup state.",
+	})
+	dedupKeys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "paxoslog_dedup_identities",
+		Help: "Identities (Idempotency-Keys, or entry ids) in the dedup window: one per index of the last DedupWindow.",
+	}, func() float64 {
+		if n.learner == nil {
+			return 0
+		}
+		n.learner.mu.Lock()
+		defer n.learner.mu.Unlock()
+		return float64(len(n.learner.recent))
+	})
+	m.reg.MustRegister(m.prefixInstalls, dedupKeys)
 	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm, m.members, m.voters, m.memberChanges, peerCollector{n: n,
 		lag: prometheus.NewDesc("paxoslog_peer_lag_slots",
 			"On the leader: slots each peer's applied slot is behind the commit point, by peer id and whether it votes (a non-voter catching up is promoted within 64).",

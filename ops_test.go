@@ -136,19 +136,24 @@ func TestHTTPAdminCompact(t *testing.T) {
 	if r.code != 200 || r.body["first"].(float64) != 10 {
 		t.Fatalf("compact: %d %s", r.code, r.raw)
 	}
-	// The dedup window bounds it: 30 entries, window 8 -> first at most 23.
+	// Past the dedup window (8): what is asked is dropped, down to the
+	// last entry, which stays.
+	r = do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=29", "", auth)
+	if r.code != 200 || r.body["first"].(float64) != 29 {
+		t.Fatalf("compact to 29: %d %s", r.code, r.raw)
+	}
 	r = do(t, "POST", hc.urls[1]+"/v1/admin/compact?before=31", "", auth)
-	if r.code != 200 || r.body["first"].(float64) != 23 {
+	if r.code != 200 || r.body["first"].(float64) != 30 {
 		t.Fatalf("compact to the end: %d %s", r.code, r.raw)
 	}
-	if g := do(t, "GET", hc.urls[1]+"/v1/log/22", "", nil); g.code != 410 || g.body["first"].(float64) != 23 {
+	if g := do(t, "GET", hc.urls[1]+"/v1/log/29", "", nil); g.code != 410 || g.body["first"].(float64) != 30 {
 		t.Fatalf("read below first: %d %s", g.code, g.raw)
 	}
-	if g := do(t, "GET", hc.urls[1]+"/v1/log/23", "", nil); g.code != 200 {
+	if g := do(t, "GET", hc.urls[1]+"/v1/log/30", "", nil); g.code != 200 {
 		t.Fatalf("read first: %d %s", g.code, g.raw)
 	}
 	st := do(t, "GET", hc.urls[1]+"/v1/status", "", nil)
-	if st.body["first"].(float64) != 23 {
+	if st.body["first"].(float64) != 30 {
 		t.Fatalf("status after compaction: %s", st.raw)
 	}
 }

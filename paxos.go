@@ -297,6 +297,10 @@ type CatchupResp struct {
 	Compacted   bool          `json:"compacted,omitempty"`
 	First       Index         `json:"first,omitempty"`
 	FirstSlot   Slot          `json:"first_slot,omitempty"`
+	// With Compacted: the responder's dedup state for the window below
+	// First, the records (dedup.go) of indices DedupFrom..First-1 (D3).
+	DedupFrom Index    `json:"dedup_from,omitempty"`
+	Dedup     [][]byte `json:"dedup,omitempty"`
 }
 
 // ForwardReq hands client entries taken by a follower to the leader.
@@ -519,6 +523,9 @@ type Node struct {
 	// onMembership, if set, runs when the membership changes (the HTTP
 	// transport learns the new members' URLs).
 	onMembership func(*membership)
+	// onApply, if set (tests), hears of every entry this node applies,
+	// with its index, under the learner's lock.
+	onApply func(Index, []byte)
 
 	check replicaCheck // check.go
 
@@ -729,7 +736,7 @@ func (n *Node) Close() error {
 // a power loss would. For tests, after Run has returned.
 func (n *Node) crash() error {
 	n.stop()
-	return errors.Join(n.learner.journal.crash(), n.acceptor.journal.crash())
+	return errors.Join(n.learner.crash(), n.acceptor.journal.crash())
 }
 
 // fatal records an error the node cannot go on after (a storage error,

