@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand"
 	"reflect"
 	"strings"
@@ -64,6 +65,15 @@ func TestCodecRoundTrip(t *testing.T) {
 			for k := rng.Intn(3) + 1; k > 0; k-- {
 				cu.Memberships = append(cu.Memberships, newMembership([]member{{ID: 1, URL: "http://a", Voter: true}, {ID: NodeID(2 + rng.Intn(5)), URL: "http://b"}},
 					Slot(rng.Intn(100)), []NodeID{9}))
+			}
+		}
+		if cu.Compacted && rng.Intn(2) == 0 { // a prefix with the dedup state below it
+			cu.DedupFrom = cu.First
+			for k := rng.Intn(5) + 1; k > 0 && cu.DedupFrom > 1; k-- {
+				var id EntryID
+				rng.Read(id[:])
+				cu.Dedup = append([][]byte{dedupRecord(id, fmt.Sprint("key", k))}, cu.Dedup...)
+				cu.DedupFrom--
 			}
 		}
 		body, _ = cu.MarshalBinary()

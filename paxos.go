@@ -417,8 +417,8 @@ type Config struct {
 	MaxInflight       int           // slots in phase 2 at once
 	CheckpointEvery   int           // acceptor records between journal compactions
 
-	// Retention of the client log (0: no limit). The node keeps at least
-	// DedupWindow entries whatever these say.
+	// Retention of the client log (0: no limit). The last entry always
+	// stays; the dedup window is kept apart from the entries (dedup.go).
 	RetainEntries     int
 	RetainAge         time.Duration
 	RetainBytes       int64

@@ -1,0 +1,399 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// dedup_test.go: the dedup state apart from the entries (dedup.go), and
+// retention that drops what it is asked.
+
+// keyedEntry is an entry with an Idempotency-Key and data derived from it.
+func keyedEntry(key string) Entry {
+	var id EntryID
+	copy(id[:], "id-"+key)
+	return Entry{ID: id, Key: key, Data: []byte(fmt.Sprintf("%q", key))}
+}
+
+// remembered reports where the learner says key's entry went, if anywhere.
+func remembered(l *Learner, key string) (Index, bool) {
+	ch := l.await(Entry{Key: key})
+	select {
+	case a := <-ch:
+		return a.Index, true
+	default:
+		l.unawait(Entry{Key: key})
+		return 0, false
+	}
+}
+
+// Compaction down to a handful of entries on every node while keyed
+// appends go on; then every node is cut off at once and restarted, and a
+// retry of every key, through every node, answers the index its entry got
+// although no node holds the entry any more.
+func TestCompactToAHandfulUnderLoad(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) { cfg.SegmentBytes = 8 << 10 })
+	c.leader(5 * time.Second)
+	var mu sync.Mutex
+	keys := map[string]Index{}
+	stop := make(chan struct{})
+	compacted := make(chan int)
+	go func() { // the compactor: every node down to its last three entries, over and over
+		passes := 0
+		defer func() { compacted <- passes }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond): // pacing between passes
+			}
+			for _, id := range c.live() {
+				if n := c.node(id); n != nil {
+					if _, last := n.learner.Bounds(); last > 3 {
+						if _, err := n.learner.compactBefore(last - 2); err != nil && !errors.Is(err, errJournalClosed) {
+							t.Errorf("compact node %d: %v", id, err)
+						}
+					}
+				}
+			}
+			passes++
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 60; i++ {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				via := c.members[(w+i)%len(c.members)]
+				a, err := c.appendKeyed(context.Background(), via, fmt.Sprintf("%q", key), key)
+				if err != nil {
+					t.Errorf("append %s: %v", key, err)
+					return
+				}
+				mu.Lock()
+				keys[key] = a.Index
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	t.Logf("%d compaction passes under load", <-compacted)
+	for _, id := range c.members {
+		l := c.node(id).learner
+		_, last := l.Bounds()
+		if first, err := l.compactBefore(last - 2); err != nil || first != last-2 {
+			t.Fatalf("node %d: compactBefore(%d) = %d, %v: want exactly that", id, last-2, first, err)
+		}
+		if _, err := l.Get(1); !errors.Is(err, ErrCompacted) {
+			t.Fatalf("node %d: index 1 reads %v, want ErrCompacted", id, err)
+		}
+	}
+	for _, id := range c.members {
+		c.crash(id) // a power cut: what was not synced is gone
+	}
+	for _, id := range c.members {
+		c.start(id)
+	}
+	c.leader(5 * time.Second)
+	for _, id := range c.members {
+		n := c.node(id)
+		if first, last := n.learner.Bounds(); last-first > 2+64 {
+			t.Fatalf("node %d retains %d..%d after the restart: more than it was left with", id, first, last)
+		}
+		for key, idx := range keys {
+			a, err := c.appendKeyed(context.Background(), id, fmt.Sprintf("%q", key), key)
+			if err != nil || a.Index != idx || !a.Duplicate {
+				t.Fatalf("retry of %s through node %d: %+v %v, want index %d, a duplicate", key, id, a, err, idx)
+			}
+		}
+	}
+	c.check()
+}
+
+// A follower down while its peers retain only five entries catches up by
+// installing a prefix with their dedup state: keys of entries it never
+// held are recognised through it, after a power cut too, and it then
+// carries its share of a majority.
+func TestFollowerDownPastRetentionKeepsKeys(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		cfg.RetainEntries = 5
+		cfg.RetentionInterval = 20 * time.Millisecond
+		cfg.SegmentBytes = 4096
+		cfg.CheckpointEvery = 32
+	})
+	leader := c.leader(5 * time.Second)
+	lagging := leader%3 + 1
+	other := 6 - leader - lagging
+	c.crash(lagging)
+	keys := map[string]Index{}
+	for i := 0; i < 200; i++ {
+		key := fmt.Sprintf("k%d", i)
+		a, err := c.appendKeyed(context.Background(), leader, fmt.Sprintf("%q", key), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[key] = a.Index
+	}
+	waitFor(t, 10*time.Second, "both live nodes to retain the last five entries", func() bool {
+		for _, id := range []NodeID{leader, other} {
+			if first, last := c.node(id).learner.Bounds(); last-first+1 > 5 {
+				return false
+			}
+		}
+		return true
+	})
+	c.start(lagging)
+	n := c.node(lagging)
+	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
+		_, l1 := c.node(leader).learner.Bounds()
+		_, l2 := n.learner.Bounds()
+		return l1 == l2
+	})
+	if v := scrape(t, n, "paxoslog_prefix_installs_total"); v < 1 {
+		t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
+	}
+	retry := func(via NodeID) {
+		t.Helper()
+		for i := 0; i < 200; i += 7 {
+			key := fmt.Sprintf("k%d", i)
+			a, err := c.appendKeyed(context.Background(), via, fmt.Sprintf("%q", key), key)
+			if err != nil || a.Index != keys[key] || !a.Duplicate {
+				t.Fatalf("retry of %s through node %d: %+v %v, want index %d, a duplicate", key, via, a, err, keys[key])
+			}
+		}
+	}
+	retry(lagging)
+	c.syncedThrough(lagging, keys["k199"])
+	c.crash(lagging)
+	c.start(lagging)
+	retry(lagging)
+	c.crash(other) // a majority now needs the node that installed
+	for i := 0; i < 20; i++ {
+		c.mustAppend(lagging, fmt.Sprintf(`{"after":%d}`, i))
+	}
+	retry(lagging)
+	c.start(other)
+	c.check()
+}
+
+// An install a crash cuts short is finished as the node opens (D3): after
+// the install file is written, and again after the dedup journal is reset.
+func TestPrefixInstallInterrupted(t *testing.T) {
+	for _, stage := range []string{"file written", "dedup journal reset"} {
+		t.Run(stage, func(t *testing.T) {
+			dir := t.TempDir()
+			n := newIdleNode(t, dir)
+			for s := 1; s <= 5; s++ {
+				n.learner.chosen(SlotValue{Slot: Slot(s), Value: entryValue(fmt.Sprint(s))})
+			}
+			in := prefixInstall{First: 50, Applied: 30, DedupFrom: 40}
+			for i := 40; i < 50; i++ {
+				e := keyedEntry(fmt.Sprint("p", i))
+				in.Dedup = append(in.Dedup, dedupRecord(e.ID, e.Key))
+			}
+			if err := n.learner.beginInstall(in); err != nil {
+				t.Fatal(err)
+			}
+			if stage == "dedup journal reset" {
+				if err := n.learner.dedup.Reset(39, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := n.crash(); err != nil {
+				t.Fatal(err)
+			}
+			n2 := newIdleNode(t, dir)
+			if first, last := n2.learner.Bounds(); first != 50 || last != 49 || n2.learner.Applied() != 30 {
+				t.Fatalf("after the restart: bounds %d..%d, applied %d; want 50..49, applied 30", first, last, n2.learner.Applied())
+			}
+			for i := 40; i < 50; i++ {
+				if idx, ok := remembered(n2.learner, fmt.Sprint("p", i)); !ok || idx != Index(i) {
+					t.Fatalf("key p%d: remembered at %d (%v), want %d", i, idx, ok, i)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, prefixInstallFile)); !os.IsNotExist(err) {
+				t.Fatalf("the install file is still there: %v", err)
+			}
+		})
+	}
+}
+
+// The dedup window is DedupWindow indices: a key is recognised while its
+// index is in it, whatever retention keeps, across restarts, and the dedup
+// journal keeps about the window on disk.
+func TestDedupWindowBounds(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ID: 1, DataDir: dir, DedupWindow: 64, SegmentBytes: 1024}
+	open := func() *Node {
+		n, err := NewNode(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	n := open()
+	for s := 1; s <= 300; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+	if first, err := n.learner.compactBefore(300); err != nil || first != 300 {
+		t.Fatalf("compactBefore(300) = %d, %v", first, err)
+	}
+	if err := n.learner.trimDedup(); err != nil {
+		t.Fatal(err)
+	}
+	df, dl := n.learner.dedup.Bounds()
+	if dl != 300 || df > 300-64+1 || 300-df+1 > 64+64/8+64 {
+		t.Fatalf("dedup journal holds %d..%d: want the window (the last 64) and a little more", df, dl)
+	}
+	check := func(n *Node) {
+		t.Helper()
+		for s := 1; s <= 300; s++ {
+			idx, ok := remembered(n.learner, fmt.Sprint("k", s))
+			if in := s > 300-64; ok != in || (ok && idx != Index(s)) {
+				t.Fatalf("key k%d: remembered %v at %d; in the window: %v", s, ok, idx, in)
+			}
+		}
+	}
+	check(n)
+	if err := n.crash(); err != nil {
+		t.Fatal(err)
+	}
+	check(open())
+}
+
+// A lost dedup journal: rebuilt from the client log where that holds the
+// window; where it does not, a lone node stops with one clear error.
+func TestDedupJournalLostAlone(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ID: 1, DataDir: dir, DedupWindow: 16}
+	n, err := NewNode(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := 1; s <= 40; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "dedup")); err != nil {
+		t.Fatal(err)
+	}
+	n, err = NewNode(cfg, nil)
+	if err != nil {
+		t.Fatalf("reopen with the dedup journal gone and the window in the client log: %v", err)
+	}
+	if idx, ok := remembered(n.learner, "k30"); !ok || idx != 30 {
+		t.Fatalf("k30 after the rebuild: %d %v", idx, ok)
+	}
+	if _, err := n.learner.compactBefore(40); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "dedup")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewNode(cfg, nil)
+	if err == nil || !strings.Contains(err.Error(), "restore --data from a backup") {
+		t.Fatalf("reopen alone with the dedup journal gone and the log compacted: %v, want a clear refusal", err)
+	}
+}
+
+// A member whose dedup journal is lost under a compacted client log drops
+// the log and learns it again, with the dedup state, from its peers.
+func TestDedupJournalLostInCluster(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		cfg.RetainEntries = 5
+		cfg.RetentionInterval = 20 * time.Millisecond
+	})
+	leader := c.leader(5 * time.Second)
+	victim := leader%3 + 1
+	keys := map[string]Index{}
+	for i := 0; i < 60; i++ {
+		key := fmt.Sprintf("k%d", i)
+		a, err := c.appendKeyed(context.Background(), leader, fmt.Sprintf("%q", key), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[key] = a.Index
+	}
+	waitFor(t, 10*time.Second, "the victim to compact", func() bool {
+		first, _ := c.node(victim).learner.Bounds()
+		return first > 30
+	})
+	c.syncedThrough(victim, keys["k59"])
+	c.crash(victim)
+	if err := os.RemoveAll(filepath.Join(c.dirs[victim], "dedup")); err != nil {
+		t.Fatal(err)
+	}
+	c.start(victim)
+	n := c.node(victim)
+	waitFor(t, 10*time.Second, "the victim to learn the log again", func() bool {
+		_, last := n.learner.Bounds()
+		return last >= keys["k59"]
+	})
+	if v := scrape(t, n, "paxoslog_prefix_installs_total"); v < 1 {
+		t.Fatalf("paxoslog_prefix_installs_total = %v: the victim did not learn its log again from a peer's prefix", v)
+	}
+	for key, idx := range keys {
+		a, err := c.appendKeyed(context.Background(), victim, fmt.Sprintf("%q", key), key)
+		if err != nil || a.Index != idx || !a.Duplicate {
+			t.Fatalf("retry of %s through the victim: %+v %v, want index %d, a duplicate", key, a, err, idx)
+		}
+	}
+	c.check()
+}
+
+// A damaged dedup record is written again: as the node opens, from the
+// client log; while it runs, from memory (the scrub).
+func TestDamagedDedupRecordRepaired(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ID: 1, DataDir: dir, DedupWindow: 4096, SegmentBytes: 1024, ScrubInterval: 20 * time.Millisecond}
+	n, err := NewNode(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := 1; s <= 200; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bad := damageClosedRecord(t, filepath.Join(dir, "dedup"), 2)
+	n, err = NewNode(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if v := scrape(t, n, `paxoslog_repairs_total{journal="dedup"}`); v != 1 {
+		t.Fatalf("dedup repairs after the open = %v, want 1", v)
+	}
+	if idx, ok := remembered(n.learner, fmt.Sprint("k", bad)); !ok || idx != Index(bad) {
+		t.Fatalf("the damaged record's key: %d %v, want %d", idx, ok, bad)
+	}
+	bad = damageClosedRecord(t, filepath.Join(dir, "dedup"), 3)
+	n.learner.scrubDedup()
+	if v := scrape(t, n, `paxoslog_repairs_total{journal="dedup"}`); v != 2 {
+		t.Fatalf("dedup repairs after the scrub = %v, want 2", v)
+	}
+	p, err := n.learner.dedup.Read(bad)
+	if err != nil {
+		t.Fatalf("dedup record %d after the scrub: %v", bad, err)
+	}
+	if _, k, err := decodeDedupRecord(p); err != nil || k != "k"+fmt.Sprint("k", bad) {
+		t.Fatalf("dedup record %d after the scrub holds %q, %v", bad, k, err)
+	}
+}
