@@ -134,7 +134,7 @@ func (m *ForwardReq) UnmarshalBinary(p []byte) error {
 // MarshalBinary encodes m in the binary form: 'C' (1 byte), len(cluster),
 // cluster, through, compacted (0 or 1), first, first slot, slot values,
 // then the length of the memberships' JSON and that JSON (0: none); when
-// compacted, then the dedup state: dedup from, count, and each record
+// compacted, then the dedup state: dedup from, dedup through, count, and each record
 // with its length before it.
 func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 48+len(m.Cluster)+valuesSize(m.Values))
@@ -161,13 +161,30 @@ func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b = append(b, mem...)
 	if m.Compacted { // the dedup state, only with a prefix (older builds end before it)
 		b = binary.AppendUvarint(b, uint64(m.DedupFrom))
-		b = binary.AppendUvarint(b, uint64(len(m.Dedup)))
-		for _, r := range m.Dedup {
-			b = binary.AppendUvarint(b, uint64(len(r)))
-			b = append(b, r...)
-		}
+		b = binary.AppendUvarint(b, uint64(m.DedupThrough))
+		b = appendByteStrings(b, m.Dedup)
 	}
 	return b, nil
+}
+
+// appendByteStrings appends their count, then each with its length.
+func appendByteStrings(b []byte, bs [][]byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(bs)))
+	for _, r := range bs {
+		b = binary.AppendUvarint(b, uint64(len(r)))
+		b = append(b, r...)
+	}
+	return b
+}
+
+// byteStrings decodes what appendByteStrings wrote.
+func (d *decoder) byteStrings() [][]byte {
+	n := d.count(1)
+	var out [][]byte
+	for i := 0; i < n && d.err == nil; i++ {
+		out = append(out, d.bytes(d.uvarint()))
+	}
+	return out
 }
 
 // UnmarshalBinary decodes the binary form, or JSON (what builds before
@@ -188,11 +205,8 @@ func (m *CatchupResp) UnmarshalBinary(p []byte) error {
 		}
 	}
 	if m.Compacted && len(d.b) > 0 {
-		m.DedupFrom = Index(d.uvarint())
-		n := d.count(1)
-		for i := 0; i < n && d.err == nil; i++ {
-			m.Dedup = append(m.Dedup, d.bytes(d.uvarint()))
-		}
+		m.DedupFrom, m.DedupThrough = Index(d.uvarint()), Slot(d.uvarint())
+		m.Dedup = d.byteStrings()
 	}
 	return d.end("catch-up reply")
 }

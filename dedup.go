@@ -34,10 +34,21 @@ import (
 //     client log's first; its own front is cut only to the window below
 //     an index both journals have synced (trimDedup); a dedup journal
 //     behind the client log is filled from the client log's records, one
-//     ahead of it is cut back to it.
+//     ahead of it is cut back to it. So it is synced only there: what a
+//     crash drops of it the client log still holds.
 //   - D3: installing a peer's prefix is atomic: its dedup state and start
 //     are written to one file (prefixInstallFile), synced, before either
 //     journal changes; an open that finds the file finishes the install.
+//     The peer ships the identities it remembers below its first index
+//     (those of its window, the last DedupWindow below its last index P).
+//     The installer lacks the older ones, down to DedupWindow below its
+//     first index: harmless for values read from a peer's log (they hold
+//     only entries that got an index), not for a value from an acceptor
+//     or a leader, which may hold a duplicate of one of them. So through
+//     the slot the peer had applied (the one that gave it index P), the
+//     installer takes values only from logs (Learner.logOnly, kept in the
+//     dedup journal's meta); past it, every decision's window lies above
+//     P - DedupWindow, all of which it has.
 //   - D4: the window is DedupWindow indices on every node: an identity is
 //     recognised while its entry is among the last DedupWindow indices,
 //     whether or not retention still keeps the entry.
@@ -49,7 +60,11 @@ import (
 
 // dedupRecord is one dedup journal record: 0x01 id[16] key.
 func dedupRecord(id EntryID, key string) []byte {
-	b := make([]byte, 0, 1+len(id)+len(key))
+	return appendDedupRecord(make([]byte, 0, 1+len(id)+len(key)), id, key)
+}
+
+// appendDedupRecord appends the dedup record of id and key to b.
+func appendDedupRecord(b []byte, id EntryID, key string) []byte {
 	b = append(b, 1)
 	b = append(b, id[:]...)
 	return append(b, key...)
@@ -81,6 +96,24 @@ func (l *Learner) rememberRecord(i Index, p []byte) error {
 // this node's files.
 var errDedupLost = errors.New("dedup state lost")
 
+// dedupMeta is what the dedup journal keeps with its base (journal
+// Reset): floor, the first index whose identity this node can know (an
+// installed prefix brought none below it), and logOnly (Learner.logOnly).
+type dedupMeta struct {
+	floor   Index
+	logOnly Slot
+}
+
+func (m dedupMeta) encode() []byte {
+	return fmt.Appendf(nil, "floor=%d logonly=%d", m.floor, m.logOnly)
+}
+
+func parseDedupMeta(b []byte) dedupMeta {
+	var m dedupMeta
+	fmt.Sscanf(string(b), "floor=%d logonly=%d", &m.floor, &m.logOnly)
+	return m
+}
+
 // dedupReconcile brings the dedup journal in line with the client log as
 // they reopen (D2) and loads the window into memory. It returns
 // errDedupLost when identities in the window are neither in the dedup
@@ -88,10 +121,15 @@ var errDedupLost = errors.New("dedup state lost")
 func (l *Learner) dedupReconcile() error {
 	d := l.dedup
 	kept, last := l.kept, l.last
+	meta := parseDedupMeta(d.Meta())
+	l.logOnly = meta.logOnly
+	lost := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", errDedupLost, fmt.Sprintf(format, args...))
+	}
 	df, dl := d.Bounds()
-	if dl > uint64(last) {
+	if dl > uint64(last) { // ahead of the client log (its tail was lost): cut back
 		if df > uint64(last)+1 || df > dl {
-			if err := d.Reset(uint64(last), nil); err != nil {
+			if err := d.Reset(uint64(last), meta.encode()); err != nil {
 				return err
 			}
 		} else if err := d.TruncateBack(uint64(last)); err != nil {
@@ -99,41 +137,45 @@ func (l *Learner) dedupReconcile() error {
 		}
 		df, dl = d.Bounds()
 	}
-	start := Index(1)
+	// need: the first index of the window whose identity this node can
+	// know. The journal must hold need..dl, and the client log the rest.
+	need := Index(1)
 	if last >= l.window {
-		start = last - l.window + 1
+		need = last - l.window + 1
 	}
-	if df > dl && last >= kept {
-		// Empty, with a client log that holds entries: a data directory
-		// of a build before the dedup journal (it kept the window in the
-		// client log), or one whose dedup journal was lost.
-		from := max(start, kept)
-		if from > start {
-			return fmt.Errorf("%w: the dedup journal is empty and the client log starts at %d, inside the window", errDedupLost, kept)
+	need = max(need, meta.floor)
+	fill := Index(dl) + 1 // from here on, identities come from the client log
+	empty := df > dl
+	if (!empty && Index(df) > need) || (empty && Index(dl)+1 < need) || Index(dl)+1 < kept {
+		// The journal misses identities of the window (never written
+		// here: a build before it, or lost): rebuild the whole window
+		// from the client log, if that holds it.
+		if kept > need {
+			return lost("the dedup journal holds %d..%d, the window needs %d on, and the client log starts at %d", df, dl, need, kept)
 		}
-		if err := d.Reset(uint64(from)-1, nil); err != nil {
+		if err := d.Reset(uint64(need)-1, meta.encode()); err != nil {
 			return err
 		}
-		df, dl = d.Bounds()
+		df, dl, fill = uint64(need), uint64(need)-1, need
 	}
-	if Index(dl) < last {
-		if Index(dl)+1 < kept {
-			return fmt.Errorf("%w: the dedup journal ends at %d, the client log starts at %d", errDedupLost, dl, kept)
+	var recs [][]byte
+	for i := fill; i <= last; i++ {
+		rec, err := l.record(i)
+		if errors.Is(err, errJournalCorrupt) {
+			return lost("client log record %d, needed to fill the dedup journal, fails its check", i)
 		}
-		var recs [][]byte
-		for i := Index(dl) + 1; i <= last; i++ {
-			rec, err := l.record(i)
-			if err != nil {
+		if err != nil {
+			return err
+		}
+		recs = append(recs, dedupRecord(rec.ID, rec.Key))
+		if len(recs) == 4096 || i == last {
+			if _, err := d.Append(recs...); err != nil {
 				return err
 			}
-			recs = append(recs, dedupRecord(rec.ID, rec.Key))
-			if len(recs) == 4096 || i == last {
-				if _, err := d.Append(recs...); err != nil {
-					return err
-				}
-				recs = recs[:0]
-			}
+			recs = recs[:0]
 		}
+	}
+	if fill <= last {
 		if err := d.Sync(); err != nil {
 			return err
 		}
@@ -142,15 +184,15 @@ func (l *Learner) dedupReconcile() error {
 	// Load the window: from the dedup journal, or, for a record that
 	// fails its check, from the client log, rewriting the dedup record.
 	fix := make(map[uint64][]byte)
-	for i := max(start, Index(df)); i <= last && last > 0; i++ {
+	for i := max(need, Index(df)); i <= last && last > 0; i++ {
 		p, err := d.Read(uint64(i))
 		if errors.Is(err, errJournalCorrupt) {
 			if i < kept {
-				return fmt.Errorf("%w: dedup record %d fails its check and the client log starts at %d", errDedupLost, i, kept)
+				return lost("dedup record %d fails its check and the client log starts at %d", i, kept)
 			}
 			rec, err := l.record(i)
 			if err != nil {
-				return fmt.Errorf("%w: dedup record %d fails its check: %v", errDedupLost, i, err)
+				return lost("dedup record %d fails its check, and the client log's: %v", i, err)
 			}
 			p = dedupRecord(rec.ID, rec.Key)
 			fix[uint64(i)] = p
@@ -215,6 +257,7 @@ type prefixInstall struct {
 	Applied   Slot
 	DedupFrom Index
 	Dedup     [][]byte
+	LogOnly   Slot // Learner.logOnly from here on
 }
 
 func (p prefixInstall) encode() []byte {
@@ -222,11 +265,8 @@ func (p prefixInstall) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(p.First))
 	b = binary.AppendUvarint(b, uint64(p.Applied))
 	b = binary.AppendUvarint(b, uint64(p.DedupFrom))
-	b = binary.AppendUvarint(b, uint64(len(p.Dedup)))
-	for _, r := range p.Dedup {
-		b = binary.AppendUvarint(b, uint64(len(r)))
-		b = append(b, r...)
-	}
+	b = binary.AppendUvarint(b, uint64(p.LogOnly))
+	b = appendByteStrings(b, p.Dedup)
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
@@ -240,10 +280,8 @@ func decodePrefixInstall(b []byte) (prefixInstall, error) {
 	}
 	d := decoder{b: b[4 : len(b)-4]}
 	p.First, p.Applied, p.DedupFrom = Index(d.uvarint()), Slot(d.uvarint()), Index(d.uvarint())
-	n := d.count(1)
-	for i := 0; i < n && d.err == nil; i++ {
-		p.Dedup = append(p.Dedup, d.bytes(d.uvarint()))
-	}
+	p.LogOnly = Slot(d.uvarint())
+	p.Dedup = d.byteStrings()
 	if d.err != nil || len(d.b) != 0 || p.First == 0 || p.DedupFrom+Index(len(p.Dedup)) != p.First && len(p.Dedup) > 0 {
 		return p, errBadInstall
 	}
@@ -275,7 +313,8 @@ func (l *Learner) finishInstall(p prefixInstall) error {
 	if len(p.Dedup) > 0 {
 		base = p.DedupFrom - 1
 	}
-	if err := l.dedup.Reset(uint64(base), nil); err != nil {
+	meta := dedupMeta{floor: base + 1, logOnly: p.LogOnly}
+	if err := l.dedup.Reset(uint64(base), meta.encode()); err != nil {
 		return err
 	}
 	for i := 0; i < len(p.Dedup); i += 4096 {

@@ -22,6 +22,22 @@ func keyedEntry(key string) Entry {
 	return Entry{ID: id, Key: key, Data: []byte(fmt.Sprintf("%q", key))}
 }
 
+// appendKeys appends n entries with the keys k0, k1, ... through node via
+// and returns the index each got.
+func (c *testCluster) appendKeys(via NodeID, n int) map[string]Index {
+	c.t.Helper()
+	keys := map[string]Index{}
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("k%d", i)
+		a, err := c.appendKeyed(context.Background(), via, fmt.Sprintf("%q", key), key)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		keys[key] = a.Index
+	}
+	return keys
+}
+
 // remembered reports where the learner says key's entry went, if anywhere.
 func remembered(l *Learner, key string) (Index, bool) {
 	ch := l.await(Entry{Key: key})
@@ -135,15 +151,7 @@ func TestFollowerDownPastRetentionKeepsKeys(t *testing.T) {
 	lagging := leader%3 + 1
 	other := 6 - leader - lagging
 	c.crash(lagging)
-	keys := map[string]Index{}
-	for i := 0; i < 200; i++ {
-		key := fmt.Sprintf("k%d", i)
-		a, err := c.appendKeyed(context.Background(), leader, fmt.Sprintf("%q", key), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys[key] = a.Index
-	}
+	keys := c.appendKeys(leader, 200)
 	waitFor(t, 10*time.Second, "both live nodes to retain the last five entries", func() bool {
 		for _, id := range []NodeID{leader, other} {
 			if first, last := c.node(id).learner.Bounds(); last-first+1 > 5 {
@@ -321,18 +329,14 @@ func TestDedupJournalLostInCluster(t *testing.T) {
 	})
 	leader := c.leader(5 * time.Second)
 	victim := leader%3 + 1
-	keys := map[string]Index{}
-	for i := 0; i < 60; i++ {
-		key := fmt.Sprintf("k%d", i)
-		a, err := c.appendKeyed(context.Background(), leader, fmt.Sprintf("%q", key), key)
-		if err != nil {
-			t.Fatal(err)
+	keys := c.appendKeys(leader, 60)
+	waitFor(t, 10*time.Second, "every node to compact", func() bool {
+		for _, id := range c.members {
+			if kept, _ := c.node(id).learner.keptBounds(); kept <= 30 {
+				return false
+			}
 		}
-		keys[key] = a.Index
-	}
-	waitFor(t, 10*time.Second, "the victim to compact", func() bool {
-		first, _ := c.node(victim).learner.Bounds()
-		return first > 30
+		return true
 	})
 	c.syncedThrough(victim, keys["k59"])
 	c.crash(victim)
@@ -345,8 +349,11 @@ func TestDedupJournalLostInCluster(t *testing.T) {
 		_, last := n.learner.Bounds()
 		return last >= keys["k59"]
 	})
-	if v := scrape(t, n, "paxoslog_prefix_installs_total"); v < 1 {
-		t.Fatalf("paxoslog_prefix_installs_total = %v: the victim did not learn its log again from a peer's prefix", v)
+	// It learned the log again: from a peer's prefix, or slot by slot
+	// from its own acceptor's values and its peers (every value chosen,
+	// the window rebuilt from index 1).
+	if v := scrape(t, n, `paxoslog_repairs_total{journal="log"}`); v < 1 {
+		t.Fatalf(`paxoslog_repairs_total{journal="log"} = %v: the victim did not drop its log and learn it again`, v)
 	}
 	for key, idx := range keys {
 		a, err := c.appendKeyed(context.Background(), victim, fmt.Sprintf("%q", key), key)
@@ -395,5 +402,93 @@ func TestDamagedDedupRecordRepaired(t *testing.T) {
 	}
 	if _, k, err := decodeDedupRecord(p); err != nil || k != "k"+fmt.Sprint("k", bad) {
 		t.Fatalf("dedup record %d after the scrub holds %q, %v", bad, k, err)
+	}
+}
+
+// After an install that brought no dedup records (the peer's window did
+// not reach below its first index), a dedup journal that a crash left
+// behind the client log is filled from it, not taken for lost (D2).
+func TestInstallWithoutDedupThenDedupBehind(t *testing.T) {
+	dir := t.TempDir()
+	n := newIdleNode(t, dir)
+	l := n.learner
+	if err := l.installPrefix(CatchupResp{Compacted: true, First: 50, FirstSlot: 31}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for s := 31; s <= 35; s++ {
+		l.chosenWith(nil, SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+	if err := l.journal.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dedup.TruncateBack(49); err != nil { // what a power cut may leave
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n2 := newIdleNode(t, dir)
+	if first, last := n2.learner.Bounds(); first != 50 || last != 54 {
+		t.Fatalf("bounds %d..%d after the restart, want 50..54 (the log kept, not learned again)", first, last)
+	}
+	if idx, ok := remembered(n2.learner, "k33"); !ok || idx != 52 {
+		t.Fatalf("k33: %d %v, want 52", idx, ok)
+	}
+}
+
+// Through the slot the peer had applied when it sent its prefix, values
+// are taken only from logs: a value from an acceptor or a leader may hold
+// a duplicate whose first entry the install's dedup state does not show.
+func TestInstallTakesOnlyLogValuesThroughPeersApplied(t *testing.T) {
+	n := newIdleNode(t, t.TempDir())
+	l := n.learner
+	if err := l.installPrefix(CatchupResp{Compacted: true, First: 50, FirstSlot: 31, DedupThrough: 40}, nil); err != nil {
+		t.Fatal(err)
+	}
+	l.chosen(SlotValue{Slot: 31, Value: Value{Entries: []Entry{keyedEntry("raw")}}})
+	if l.Applied() != 30 {
+		t.Fatalf("applied %d after a value not from a log for slot 31, want 30 (not taken)", l.Applied())
+	}
+	l.chosenWith(nil, SlotValue{Slot: 31, Value: Value{Entries: []Entry{keyedEntry("logged")}}})
+	if _, ok := remembered(l, "logged"); !ok || l.Applied() != 31 {
+		t.Fatalf("applied %d after slot 31 from a log, want 31", l.Applied())
+	}
+	l.chosen(SlotValue{Slot: 41, Value: Value{}}) // past the peer's applied slot: taken (pending until 32..40 come)
+	if _, ok := l.pending[41]; !ok {
+		t.Fatal("a value for slot 41, past the peer's applied slot, was not kept")
+	}
+}
+
+// A dedup journal trimmed to the window, then a client log that lost
+// records at its end: the window reaches below the dedup journal now, and
+// is rebuilt from the client log (D2).
+func TestDedupRebuiltWhenTheLogLosesItsTail(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ID: 1, DataDir: dir, DedupWindow: 64, SegmentBytes: 1024}
+	n, err := NewNode(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := 1; s <= 300; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+	if err := n.learner.trimDedup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.learner.journal.TruncateBack(260); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, err = NewNode(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	for s := 260 - 63; s <= 260; s++ {
+		if idx, ok := remembered(n.learner, fmt.Sprint("k", s)); !ok || idx != Index(s) {
+			t.Fatalf("k%d: %d %v after the restart, want %d", s, idx, ok, s)
+		}
 	}
 }

@@ -294,8 +294,7 @@ func (s *server) readRange(c echo.Context) error {
 }
 
 // compact: POST /v1/admin/compact?before=i drops this node's entries
-// below i (keeping at least the dedup window, cutting at a slot's first
-// entry) and answers the first retained index.
+// below i (the last entry stays) and answers the first retained index.
 func (s *server) compact(c echo.Context) error {
 	if s.key == "" {
 		return errAdminOff

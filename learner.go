@@ -154,6 +154,11 @@ type Learner struct {
 	mu          sync.Mutex // protects the fields below
 	first, last Index      // indices readers get; empty when first == last+1
 	kept        Index      // first index in the journal (<= first: L4)
+	// logOnly: through this slot, values are applied only from a peer's
+	// client log, not from acceptors or leaders, whose values may hold
+	// duplicates of entries whose identities an installed prefix did not
+	// bring (D3).
+	logOnly     Slot
 	applied     Slot
 	pending     map[Slot]Value          // chosen, waiting for the slots before them
 	knownCommit Slot                    // highest slot known chosen
@@ -411,7 +416,11 @@ func (l *Learner) remember(i Index, id EntryID, k string) {
 
 // chosen hands the learner a chosen slot. Slots may arrive in any order
 // and more than once; they are applied in slot order.
-func (l *Learner) chosen(vals ...SlotValue) { l.chosenWith(nil, vals...) }
+func (l *Learner) chosen(vals ...SlotValue) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.chosenLocked(nil, false, vals)
+}
 
 // chosenWith is chosen, plus the memberships a peer's catch-up reply
 // carries (the system entries that set them are not in the values it
@@ -420,12 +429,19 @@ func (l *Learner) chosen(vals ...SlotValue) { l.chosenWith(nil, vals...) }
 func (l *Learner) chosenWith(ms []*membership, vals ...SlotValue) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.chosenLocked(ms, true, vals)
+}
+
+// chosenLocked takes chosen values; fromLog says they come from a peer's
+// client log (a catch-up reply), which holds only entries that got an
+// index. Through l.logOnly, only those are taken (D3).
+func (l *Learner) chosenLocked(ms []*membership, fromLog bool, vals []SlotValue) {
 	if err := l.holdMembershipsLocked(ms); err != nil {
 		l.n.fatal(err)
 		return
 	}
 	for _, sv := range vals {
-		if sv.Slot > l.applied {
+		if sv.Slot > l.applied && (fromLog || sv.Slot > l.logOnly) {
 			l.pending[sv.Slot] = sv.Value
 		}
 		if sv.Slot > l.knownCommit {
@@ -444,7 +460,7 @@ func (l *Learner) drainLocked(b Ballot, commit Slot) {
 	for {
 		next := l.applied + 1
 		v, ok := l.pending[next]
-		if !ok && !b.IsZero() && next <= commit {
+		if !ok && !b.IsZero() && next <= commit && next > l.logOnly {
 			v, ok = l.n.acceptor.valueExactly(next, b)
 		}
 		if !ok {
@@ -521,8 +537,15 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
 		}
 		dd := make([][]byte, len(fresh)) // D1
+		size = 0
+		for _, e := range fresh {
+			size += 1 + len(e.ID) + len(e.Key)
+		}
+		dbuf := make([]byte, 0, size) // one allocation for every record
 		for i, e := range fresh {
-			dd[i] = dedupRecord(e.ID, e.Key)
+			start := len(dbuf)
+			dbuf = appendDedupRecord(dbuf, e.ID, e.Key)
+			dd[i] = dbuf[start:len(dbuf):len(dbuf)]
 		}
 		lastDedup, err := l.dedup.Append(dd...)
 		if err != nil {
@@ -741,6 +764,8 @@ func (l *Learner) durableApplied() (Slot, Index, error) {
 	l.mu.Lock()
 	applied, last := l.applied, l.last
 	l.mu.Unlock()
+	// The dedup journal too, though D2 does not need it: so that what a
+	// crash leaves for it to fill in from the client log stays short.
 	if err := l.syncJournals(); err != nil {
 		return 0, 0, err
 	}
@@ -778,7 +803,8 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 		if err != nil {
 			return resp, err
 		}
-		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1, DedupFrom: dedupFrom, Dedup: dedup}, nil
+		return CatchupResp{Compacted: true, First: first, FirstSlot: s, Through: from - 1,
+			DedupFrom: dedupFrom, Dedup: dedup, DedupThrough: applied}, nil
 	}
 	// The first index whose slot >= from. A requester that holds every
 	// entry of the slots before from (and nothing else) names it: next,
@@ -877,8 +903,8 @@ func (l *Learner) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-sync.C:
-			if err := l.syncJournals(); err != nil {
-				l.n.fatal(err)
+			if err := l.journal.Sync(); err != nil {
+				l.n.fatal(fmt.Errorf("learner: %w", err))
 				return
 			}
 			continue
@@ -996,8 +1022,8 @@ func (l *Learner) adoptDueLocked() error {
 // (M1). Without that, a restart would find its applied slot below the
 // memberships it recorded.
 func (l *Learner) adoptLocked(m *membership) error {
-	if err := l.syncJournals(); err != nil {
-		return fmt.Errorf("sync before recording a membership: %w", err)
+	if err := l.journal.Sync(); err != nil {
+		return fmt.Errorf("learner: sync before recording a membership: %w", err)
 	}
 	cluster := ""
 	if l.genesis != "" && m.Slot == l.applied {
@@ -1036,7 +1062,8 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 		}
 	}
 	applied := max(l.applied, firstSlot-1)
-	in := prefixInstall{First: first, Applied: applied, DedupFrom: resp.DedupFrom, Dedup: resp.Dedup}
+	in := prefixInstall{First: first, Applied: applied, DedupFrom: resp.DedupFrom, Dedup: resp.Dedup,
+		LogOnly: max(l.logOnly, resp.DedupThrough)}
 	if err := l.beginInstall(in); err != nil {
 		return fmt.Errorf("learner: install prefix at %d: %w", first, err)
 	}
@@ -1045,7 +1072,8 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 	}
 	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot, "dedup_records", len(resp.Dedup))
 	l.n.metrics.prefixInstalls.Inc()
-	l.first, l.kept, l.last, l.applied = first, first, first-1, applied
+	l.first, l.kept, l.last, l.applied, l.logOnly = first, first, first-1, applied, in.LogOnly
+	l.n.metrics.lastIndex.Set(float64(l.last))
 	l.sum, l.sumFrom = 0, first
 	l.n.metrics.firstIndex.Set(float64(first))
 	if l.knownCommit < applied {

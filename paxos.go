@@ -298,9 +298,12 @@ type CatchupResp struct {
 	First       Index         `json:"first,omitempty"`
 	FirstSlot   Slot          `json:"first_slot,omitempty"`
 	// With Compacted: the responder's dedup state for the window below
-	// First, the records (dedup.go) of indices DedupFrom..First-1 (D3).
-	DedupFrom Index    `json:"dedup_from,omitempty"`
-	Dedup     [][]byte `json:"dedup,omitempty"`
+	// First, the records (dedup.go) of indices DedupFrom..First-1, and
+	// its applied slot then, through which the requester must take values
+	// only from logs (D3).
+	DedupFrom    Index    `json:"dedup_from,omitempty"`
+	Dedup        [][]byte `json:"dedup,omitempty"`
+	DedupThrough Slot     `json:"dedup_through,omitempty"`
 }
 
 // ForwardReq hands client entries taken by a follower to the leader.
