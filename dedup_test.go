@@ -68,7 +68,7 @@ func TestCompactToAHandfulUnderLoad(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(2 * time.Millisecond): // pacing between passes
+			case <-time.After(10 * time.Millisecond): // pacing between passes
 			}
 			for _, id := range c.live() {
 				if n := c.node(id); n != nil {

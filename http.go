@@ -142,8 +142,6 @@ func errorStatus(err error) (int, string) {
 	case errors.Is(err, ErrNoQuorum), errors.Is(err, ErrStopped), errors.Is(err, ErrRecovering), errors.Is(err, ErrDiscovering),
 		errors.Is(err, ErrDamaged), errors.Is(err, ErrNotMember), errors.Is(err, errNotVoter), errors.Is(err, ErrNotLeader):
 		return http.StatusServiceUnavailable, err.Error()
-	case errors.Is(err, errRemovedPeer):
-		return http.StatusForbidden, err.Error()
 	case errors.Is(err, ErrCompacted):
 		return http.StatusGone, err.Error()
 	case errors.Is(err, ErrPastEnd):

@@ -151,6 +151,8 @@ type Learner struct {
 	journal *journal
 	dedup   *journal // identity of the entry at each index of the window (dedup.go)
 
+	compactMu sync.Mutex // one compaction at a time
+
 	mu          sync.Mutex // protects the fields below
 	first, last Index      // indices readers get; empty when first == last+1
 	kept        Index      // first index in the journal (<= first: L4)
@@ -1150,16 +1152,19 @@ func (l *Learner) retain() error {
 // journal is cut at the first entry of cut's slot (L4), after the dedup
 // journal is synced (D2).
 func (l *Learner) compactBefore(cut Index) (Index, error) {
+	l.compactMu.Lock()
+	defer l.compactMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	cut = min(cut, l.last)
 	if cut <= l.first {
+		defer l.mu.Unlock()
 		return l.first, nil
 	}
 	at := cut // where the journal is cut: the first record of cut's slot
 	for at > l.kept {
 		rec, err := l.record(at)
 		if err != nil {
+			defer l.mu.Unlock()
 			return l.first, err
 		}
 		if rec.Pos == 0 {
@@ -1167,17 +1172,25 @@ func (l *Learner) compactBefore(cut Index) (Index, error) {
 		}
 		at -= Index(min(rec.Pos, int(at-l.kept)))
 	}
-	// Sync first: the records kept must be durable, so that after any
-	// crash the log still holds a record at or past the cut, and with it
-	// the slot that maps slots to indices; and the dedup journal must
-	// hold every identity the client log drops (D2).
+	kept := l.kept
+	l.mu.Unlock()
+	// Sync first, without holding up applies: the records kept must be
+	// durable, so that after any crash the log still holds a record at
+	// or past the cut, and with it the slot that maps slots to indices;
+	// and the dedup journal must hold every identity the client log
+	// drops (D2).
 	if err := l.syncJournals(); err != nil {
-		return l.first, fmt.Errorf("compact before %d: %w", cut, err)
+		return cut, fmt.Errorf("compact before %d: %w", cut, err)
 	}
 	if cut > at {
 		if err := l.writeVisibleFirst(cut); err != nil {
-			return l.first, fmt.Errorf("learner: compact before %d: %w", cut, err)
+			return cut, fmt.Errorf("learner: compact before %d: %w", cut, err)
 		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.kept != kept {
+		return l.first, nil // a prefix was installed meanwhile: nothing left to cut
 	}
 	if at > l.kept {
 		if err := l.journal.TruncateFront(uint64(at)); err != nil {

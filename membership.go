@@ -322,8 +322,6 @@ var (
 	ErrNotMember = errors.New("this node is not a member of the cluster")
 	// errNotVoter: a prepare or accept to a node that is no voter.
 	errNotVoter = errors.New("this node is not a voter")
-	// errRemovedPeer: a prepare from a member that was removed.
-	errRemovedPeer = errors.New("the sender was removed from the membership")
 )
 
 // methodReconfig asks the leader for a membership change.

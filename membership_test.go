@@ -306,8 +306,9 @@ func TestNonVoterThatNeverComesUp(t *testing.T) {
 
 // TestRemovedWhileDown: a member removed while it was down comes back on
 // its old --data believing it is still a voter. It campaigns, but the
-// voters refuse a removed member's prepares, so it unseats no leader and
-// leads nothing, and the cluster goes on.
+// voters refuse a removed member's prepares and tell it to catch up, so
+// it unseats no leader, leads nothing, learns that it was removed, and
+// the cluster goes on.
 func TestRemovedWhileDown(t *testing.T) {
 	c := newTestCluster(t, 5, testSeed(t))
 	c.leader(5 * time.Second)
@@ -320,10 +321,8 @@ func TestRemovedWhileDown(t *testing.T) {
 	_, ballot, _ := c.node(leader).proposer.leaderInfo()
 	c.start(victim)
 	n := c.node(victim)
-	waitFor(t, 10*time.Second, "the removed node to campaign", func() bool {
-		n.proposer.mu.Lock()
-		defer n.proposer.mu.Unlock()
-		return n.proposer.maxRound > ballot.Round
+	waitFor(t, 10*time.Second, "the removed node to campaign and learn it was removed", func() bool {
+		return !n.isMember()
 	})
 	for i := 0; i < 10; i++ {
 		c.mustAppend(leader, fmt.Sprintf(`"r%d"`, i))

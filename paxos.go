@@ -215,6 +215,11 @@ type Promise struct {
 	Promised Ballot      `json:"promised"`
 	Floor    Slot        `json:"floor"`
 	Accepted []SlotValue `json:"accepted,omitempty"`
+	// Removed: refused because the sender was removed from the
+	// membership; Commit is the responder's commit point then, for the
+	// sender to catch up to and learn of its removal.
+	Removed bool `json:"removed,omitempty"`
+	Commit  Slot `json:"commit,omitempty"`
 }
 
 func (m Promise) String() string {
@@ -969,9 +974,11 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 		return Promise{}, errNotVoter // a non-voter never votes (M5); a removed member no more
 	}
 	if n.config().wasRemoved(req.From) {
-		// A removed member that does not know it yet (it was down) must
-		// not unseat the leader with a higher ballot: it leads nothing.
-		return Promise{}, errRemovedPeer
+		// A removed member that does not know it yet (it was down, or
+		// started after the change) must not unseat the leader with a
+		// higher ballot: it leads nothing. It is told to catch up, and
+		// so learns of its removal.
+		return Promise{Removed: true, Commit: n.learner.KnownCommit()}, nil
 	}
 	p, err := n.acceptor.Prepare(req.Ballot, req.Slot)
 	if err != nil {

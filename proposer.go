@@ -1160,6 +1160,7 @@ func (p *Proposer) askPromises(ctx context.Context, b Ballot, from Slot, m *memb
 		}
 		if !r.pr.OK {
 			p.observe(r.pr.Promised)
+			p.noteRemoved(r.from, r.pr)
 			return false
 		}
 		promises[r.from] = r.pr
@@ -1211,6 +1212,7 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot, vote
 		}
 		if !r.pr.OK {
 			p.observe(r.pr.Promised)
+			p.noteRemoved(r.from, r.pr)
 			p.n.log.Debug("prepare refused", "ballot", b.String(), "by", r.from, "promised", r.pr.Promised.String())
 			return nil, false
 		}
@@ -1713,4 +1715,13 @@ func (p *Proposer) anyPending(ids []EntryID) bool {
 		}
 	}
 	return false
+}
+
+// noteRemoved: a voter refused this node's prepare because this node was
+// removed; it catches up to the voter's commit point, and so applies the
+// change that removed it.
+func (p *Proposer) noteRemoved(from NodeID, pr Promise) {
+	if pr.Removed {
+		p.n.learner.noteCommit(Ballot{}, pr.Commit, from)
+	}
 }
