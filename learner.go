@@ -1089,9 +1089,15 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 	clear(l.recent)
 	clear(l.ring)
 	for k, p := range resp.Dedup {
-		if err := l.rememberRecord(resp.DedupFrom+Index(k), p); err != nil {
+		i := resp.DedupFrom + Index(k)
+		if err := l.rememberRecord(i, p); err != nil {
 			return err
 		}
+		id, ident, _ := decodeDedupRecord(p)
+		for _, w := range l.waiters[ident] { // appends here whose entry got an index in the prefix
+			w.ch <- Applied{Index: i, Duplicate: w.id != id}
+		}
+		delete(l.waiters, ident)
 	}
 	if err := l.holdMembershipsLocked(ms); err != nil {
 		return err
