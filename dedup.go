@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 )
 
@@ -168,15 +169,9 @@ func (l *Learner) dedupReconcile() error {
 			return err
 		}
 		recs = append(recs, dedupRecord(rec.ID, rec.Key))
-		if len(recs) == 4096 || i == last {
-			if _, err := d.Append(recs...); err != nil {
-				return err
-			}
-			recs = recs[:0]
-		}
 	}
-	if fill <= last {
-		if err := d.Sync(); err != nil {
+	if len(recs) > 0 {
+		if err := appendSynced(d, recs); err != nil {
 			return err
 		}
 		df, dl = d.Bounds()
@@ -219,31 +214,39 @@ func (l *Learner) dedupReconcile() error {
 // node remembers (every identity later dedup decisions may look at), as
 // the index of the first one and the records. Called with l.mu held.
 func (l *Learner) dedupDataFor(first Index) (Index, [][]byte) {
-	lo := Index(1)
-	if l.last >= l.window {
-		lo = l.last - l.window + 1
-	}
-	if first >= l.window && first-l.window+1 > lo {
+	lo := Index(1) // the window below first; rememberedRecord keeps to the window below last
+	if first >= l.window {
 		lo = first - l.window + 1
 	}
-	from := first
-	for from > lo {
-		k := l.ring[(from-1)%l.window]
-		if a, ok := l.recent[k]; k == "" || !ok || a.index != from-1 {
-			break // not remembered here (below this node's own installed prefix)
+	var recs [][]byte // newest first, down to one not remembered here (below this node's own installed prefix)
+	for i := first - 1; i >= lo; i-- {
+		r, ok := l.rememberedRecord(i)
+		if !ok {
+			break
 		}
-		from--
+		recs = append(recs, r)
 	}
-	recs := make([][]byte, 0, first-from)
-	for i := from; i < first; i++ {
-		k := l.ring[i%l.window]
-		key := ""
-		if k[0] == 'k' {
-			key = k[1:]
-		}
-		recs = append(recs, dedupRecord(l.recent[k].id, key))
+	slices.Reverse(recs)
+	return first - Index(len(recs)), recs
+}
+
+// rememberedRecord returns the dedup record of index i from memory, if
+// i is in the window and its identity is remembered. Called with l.mu
+// held.
+func (l *Learner) rememberedRecord(i Index) ([]byte, bool) {
+	if i == 0 || i > l.last || i+l.window <= l.last {
+		return nil, false
 	}
-	return from, recs
+	k := l.ring[i%l.window]
+	a, ok := l.recent[k]
+	if k == "" || !ok || a.index != i {
+		return nil, false
+	}
+	key := ""
+	if k[0] == 'k' {
+		key = k[1:]
+	}
+	return dedupRecord(a.id, key), true
 }
 
 // prefixInstallFile, under --data, holds an install in progress (D3).
@@ -296,14 +299,7 @@ func (l *Learner) installPath() string {
 // beginInstall makes the install durable (D3): from here on it happens,
 // across any crash.
 func (l *Learner) beginInstall(p prefixInstall) error {
-	path := l.installPath()
-	if err := writeFileSync(path+".tmp", p.encode()); err != nil {
-		return err
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	return replaceFileSync(l.installPath(), p.encode())
 }
 
 // finishInstall resets both journals to the install's state and removes
@@ -317,12 +313,7 @@ func (l *Learner) finishInstall(p prefixInstall) error {
 	if err := l.dedup.Reset(uint64(base), meta.encode()); err != nil {
 		return err
 	}
-	for i := 0; i < len(p.Dedup); i += 4096 {
-		if _, err := l.dedup.Append(p.Dedup[i:min(i+4096, len(p.Dedup))]...); err != nil {
-			return err
-		}
-	}
-	if err := l.dedup.Sync(); err != nil {
+	if err := appendSynced(l.dedup, p.Dedup); err != nil {
 		return err
 	}
 	if err := l.journal.Reset(uint64(p.First-1), strconv.AppendUint(nil, uint64(p.Applied), 10)); err != nil {
@@ -397,17 +388,8 @@ func (l *Learner) scrubDedup() {
 		fix := make(map[uint64][]byte)
 		l.mu.Lock()
 		for _, n := range bad {
-			i := Index(n)
-			if i+l.window <= l.last || i > l.last {
-				continue
-			}
-			k := l.ring[i%l.window]
-			if a, ok := l.recent[k]; ok && a.index == i {
-				key := ""
-				if k[0] == 'k' {
-					key = k[1:]
-				}
-				fix[n] = dedupRecord(a.id, key)
+			if r, ok := l.rememberedRecord(Index(n)); ok {
+				fix[n] = r
 			}
 		}
 		l.mu.Unlock()
@@ -424,6 +406,16 @@ func (l *Learner) scrubDedup() {
 		l.n.log.Error("repaired damaged dedup records from memory", "file", fmt.Sprint(files), "records", len(fix))
 		l.n.metrics.repairs.WithLabelValues("dedup").Inc()
 	}
+}
+
+// appendSynced appends recs to j, a few thousand at a time, and syncs.
+func appendSynced(j *journal, recs [][]byte) error {
+	for i := 0; i < len(recs); i += 4096 {
+		if _, err := j.Append(recs[i:min(i+4096, len(recs))]...); err != nil {
+			return err
+		}
+	}
+	return j.Sync()
 }
 
 // removeIfExists removes path, if it is there.

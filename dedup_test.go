@@ -38,6 +38,13 @@ func (c *testCluster) appendKeys(via NodeID, n int) map[string]Index {
 	return keys
 }
 
+// applyKeyed applies slots 1..n, slot s holding one entry with key ks.
+func applyKeyed(n *Node, count int) {
+	for s := 1; s <= count; s++ {
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
+	}
+}
+
 // remembered reports where the learner says key's entry went, if anywhere.
 func remembered(l *Learner, key string) (Index, bool) {
 	ch := l.await(Entry{Key: key})
@@ -251,9 +258,7 @@ func TestDedupWindowBounds(t *testing.T) {
 		return n
 	}
 	n := open()
-	for s := 1; s <= 300; s++ {
-		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
-	}
+	applyKeyed(n, 300)
 	if first, err := n.learner.compactBefore(300); err != nil || first != 300 {
 		t.Fatalf("compactBefore(300) = %d, %v", first, err)
 	}
@@ -289,9 +294,7 @@ func TestDedupJournalLostAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for s := 1; s <= 40; s++ {
-		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
-	}
+	applyKeyed(n, 40)
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -373,9 +376,7 @@ func TestDamagedDedupRecordRepaired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for s := 1; s <= 200; s++ {
-		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
-	}
+	applyKeyed(n, 200)
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -469,9 +470,7 @@ func TestDedupRebuiltWhenTheLogLosesItsTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for s := 1; s <= 300; s++ {
-		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{keyedEntry(fmt.Sprint("k", s))}}})
-	}
+	applyKeyed(n, 300)
 	if err := n.learner.trimDedup(); err != nil {
 		t.Fatal(err)
 	}

@@ -363,14 +363,7 @@ func (l *Learner) visibleFirst() Index {
 
 // writeVisibleFirst records first in firstFile, durably.
 func (l *Learner) writeVisibleFirst(first Index) error {
-	path := filepath.Join(l.journal.dir, firstFile)
-	if err := writeFileSync(path+".tmp", strconv.AppendUint(nil, uint64(first), 10)); err != nil {
-		return err
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		return err
-	}
-	return syncDir(l.journal.dir)
+	return replaceFileSync(filepath.Join(l.journal.dir, firstFile), strconv.AppendUint(nil, uint64(first), 10))
 }
 
 // record reads and decodes the record at index i. A record that fails

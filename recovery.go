@@ -200,14 +200,7 @@ func writeIdentity(dir string, id identity) error {
 		return err
 	}
 	b := fmt.Appendf(body, "\n%08x\n", crc32.Checksum(body, crcTable))
-	tmp := filepath.Join(dir, identityFile+".tmp")
-	if err := writeFileSync(tmp, b); err != nil {
-		return fmt.Errorf("write %s: %w", identityFile, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, identityFile)); err != nil {
-		return fmt.Errorf("write %s: %w", identityFile, err)
-	}
-	if err := syncDir(dir); err != nil {
+	if err := replaceFileSync(filepath.Join(dir, identityFile), b); err != nil {
 		return fmt.Errorf("write %s: %w", identityFile, err)
 	}
 	return nil

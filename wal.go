@@ -806,14 +806,7 @@ func (j *journal) loadFormat() error {
 // writeFormat records that records from position n on are in the
 // current format.
 func (j *journal) writeFormat(n uint64) error {
-	tmp := filepath.Join(j.dir, formatFile+".tmp")
-	if err := writeFileSync(tmp, fmt.Appendf(nil, "v2 %d\n", n)); err != nil {
-		return fmt.Errorf("write %s: %w", formatFile, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(j.dir, formatFile)); err != nil {
-		return fmt.Errorf("write %s: %w", formatFile, err)
-	}
-	if err := syncDir(j.dir); err != nil {
+	if err := replaceFileSync(filepath.Join(j.dir, formatFile), fmt.Appendf(nil, "v2 %d\n", n)); err != nil {
 		return fmt.Errorf("write %s: %w", formatFile, err)
 	}
 	j.v2From.Store(n)
@@ -1075,6 +1068,18 @@ func (j *journal) Reset(base uint64, meta []byte) error {
 	j.log, j.base, j.meta, j.synced = l, base, meta, 0
 	j.segCount, j.segBytes = segmentStats(j.dir)
 	return nil
+}
+
+// replaceFileSync replaces the file at path with body, durably: a crash
+// leaves the old file or the new one.
+func replaceFileSync(path string, body []byte) error {
+	if err := writeFileSync(path+".tmp", body); err != nil {
+		return err
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 func writeFileSync(path string, body []byte) error {
