@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -293,9 +294,22 @@ func (c *testCluster) start(id NodeID) {
 	if c.node(id) != nil {
 		return
 	}
+	// A blank --data (a lost disk) is started, as an operator would,
+	// with the members of now: a founder's --peers may name only members
+	// that were removed since. Otherwise the recorded membership wins
+	// over --peers, which stay the founders.
+	var current []NodeID
+	if _, err := os.Stat(filepath.Join(c.dirs[id], identityFile)); err != nil {
+		if m := c.latestMembership(); m.Slot > 0 && slices.Contains(m.ids(), id) {
+			current = m.ids()
+		}
+	}
 	cfg := c.cfg
 	c.mu.Lock()
 	cfg.ID, cfg.Members, cfg.DataDir = id, append([]NodeID(nil), c.founders...), c.dirs[id]
+	if current != nil {
+		cfg.Members = current
+	}
 	if c.joiners[id] {
 		cfg.Members = nil
 		for _, o := range c.members {
