@@ -84,7 +84,12 @@ type benchConfig struct {
 	rate       float64
 	idempotent bool
 	json       bool
+	batch      int // entries per append request (a batch append, or an etcd txn, when > 1)
 }
+
+// benchEtcdMaxTxn is the most puts etcd takes in one txn (its default
+// --max-txn-ops): --batch is cut to it for etcd.
+const benchEtcdMaxTxn = 128
 
 // benchIDLen is the length of an op id: run-client-seq, fixed width, so
 // that every payload of a run has the same size.
@@ -108,6 +113,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	rate := fs.Float64("rate", 1000, "feed workload: appends per second while the feeds are measured")
 	idem := fs.Bool("idempotent", false, "send an Idempotency-Key with every append")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object instead of a table")
+	batch := fs.Int("batch", 1, "append workload: entries per request, sent as one batch append (application/x-ndjson); on etcd one txn of up to 128 puts")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -124,7 +130,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
 	c := &benchConfig{clients: *clients, duration: *duration, warmup: *warmup, size: *size,
-		workload: *workload, system: *system, rate: *rate, idempotent: *idem, json: *asJSON}
+		workload: *workload, system: *system, rate: *rate, idempotent: *idem, json: *asJSON, batch: *batch}
 	for _, t := range strings.Split(*targets, ",") {
 		t = strings.TrimSpace(t)
 		u, err := url.Parse(t)
@@ -165,6 +171,15 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	}
 	if c.system == "etcd" && c.idempotent {
 		return nil, usagef("--idempotent applies only to --system paxoslog")
+	}
+	if c.batch < 1 || c.batch > maxSlotValues {
+		return nil, usagef("--batch must be from 1 to %d, got %d", maxSlotValues, c.batch)
+	}
+	if c.batch > 1 && c.workload != "append" {
+		return nil, usagef("--batch applies only to --workload append")
+	}
+	if c.system == "etcd" {
+		c.batch = min(c.batch, benchEtcdMaxTxn)
 	}
 	if !(c.rate > 0 && c.rate <= benchMaxRate) {
 		return nil, usagef("--rate must be above 0 and at most %d per second, got %v", benchMaxRate, c.rate)
@@ -219,10 +234,13 @@ type benchResult struct {
 	DurationS float64  `json:"duration_s"`
 	Ops       int64    `json:"ops"`
 	OpsPerS   float64  `json:"ops_per_s"`
-	P50       float64  `json:"p50_ms"`
-	P90       float64  `json:"p90_ms"`
-	P99       float64  `json:"p99_ms"`
-	Max       float64  `json:"max_ms"`
+	// Batch: entries per append request; EntriesPerS = OpsPerS * Batch.
+	Batch       int     `json:"batch"`
+	EntriesPerS float64 `json:"entries_per_s"`
+	P50         float64 `json:"p50_ms"`
+	P90         float64 `json:"p90_ms"`
+	P99         float64 `json:"p99_ms"`
+	Max         float64 `json:"max_ms"`
 	// MaxGap: the longest time no op succeeded (append and read loads),
 	// from the start of measuring; a fault's pause as the clients saw it.
 	MaxGap       float64          `json:"max_gap_ms,omitempty"`
@@ -242,9 +260,9 @@ type benchResult struct {
 // writeTable prints r as a small aligned table.
 func (r *benchResult) writeTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tsystem\tclients\tduration\tops\tops/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors")
-	fmt.Fprintf(tw, "%s\t%s\t%d\t%.2fs\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\n",
-		r.Workload, r.System, r.Clients, r.DurationS, r.Ops, r.OpsPerS, r.P50, r.P90, r.P99, r.Max, r.errorsText())
+	fmt.Fprintln(tw, "workload\tsystem\tclients\tbatch\tduration\tops\tops/s\tentries/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors")
+	fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.2fs\t%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\n",
+		r.Workload, r.System, r.Clients, r.Batch, r.DurationS, r.Ops, r.OpsPerS, r.EntriesPerS, r.P50, r.P90, r.P99, r.Max, r.errorsText())
 	tw.Flush()
 	if r.Workload == "feed" {
 		fmt.Fprintf(w, "feed: %d appends acknowledged at a target rate of %g/s; latency is append sent to entry delivered\n", r.Appends, r.Rate)
@@ -494,8 +512,12 @@ func (b *benchRun) do(ctx context.Context, target string, req *h1Request, body *
 	return nil
 }
 
-// appendOp writes op seq of client num to target.
+// appendOp writes op seq of client num to target: one entry, or with
+// --batch a batch of them (entry j of op seq has the id of seq*batch+j).
 func (b *benchRun) appendOp(ctx context.Context, body *[]byte, target string, num int, seq int64) error {
+	if b.cfg.batch > 1 {
+		return b.appendBatchOp(ctx, body, target, num, seq)
+	}
 	p := b.payload(num, seq)
 	if b.cfg.system == "etcd" {
 		return b.etcdPut(ctx, body, target, p[len(`{"k":"`):len(`{"k":"`)+benchIDLen], p)
@@ -505,6 +527,41 @@ func (b *benchRun) appendOp(ctx context.Context, body *[]byte, target string, nu
 		req.headerName, req.headerValue = "Idempotency-Key", string(p[len(`{"k":"`):len(`{"k":"`)+benchIDLen])
 	}
 	// 200 is the answer to a repeated Idempotency-Key: nothing appended.
+	return b.do(ctx, target, &req, body, http.StatusCreated, http.StatusOK)
+}
+
+// appendBatchOp is appendOp for --batch > 1: one batch append, or one
+// etcd txn of puts.
+func (b *benchRun) appendBatchOp(ctx context.Context, body *[]byte, target string, num int, seq int64) error {
+	n := int64(b.cfg.batch)
+	idAt := len(`{"k":"`)
+	if b.cfg.system == "etcd" {
+		r := make([]byte, 0, 64+n*int64(40+2*b.cfg.size))
+		r = append(r, `{"success":[`...)
+		for j := int64(0); j < n; j++ {
+			p := b.payload(num, seq*n+j)
+			if j > 0 {
+				r = append(r, ',')
+			}
+			r = append(r, `{"request_put":{"key":"`...)
+			r = base64.StdEncoding.AppendEncode(r, append([]byte(benchEtcdPrefix), p[idAt:idAt+benchIDLen]...))
+			r = append(r, `","value":"`...)
+			r = base64.StdEncoding.AppendEncode(r, p)
+			r = append(r, `"}}`...)
+		}
+		r = append(r, `]}`...)
+		req := h1Request{method: "POST", path: "/v3/kv/txn", contentType: "application/json", body: r}
+		return b.do(ctx, target, &req, body, http.StatusOK)
+	}
+	r := make([]byte, 0, n*int64(b.cfg.size+1))
+	for j := int64(0); j < n; j++ {
+		r = append(r, b.payload(num, seq*n+j)...)
+		r = append(r, '\n')
+	}
+	req := h1Request{method: "POST", path: "/v1/log", contentType: "application/x-ndjson", body: r}
+	if b.cfg.idempotent {
+		req.headerName, req.headerValue = "Idempotency-Key", string(r[idAt:idAt+benchIDLen])
+	}
 	return b.do(ctx, target, &req, body, http.StatusCreated, http.StatusOK)
 }
 
@@ -711,8 +768,10 @@ func runBench(ctx context.Context, cfg *benchConfig, stderr io.Writer) (*benchRe
 		res.Errors += n
 	}
 	res.Ops = int64(h.n)
+	res.Batch = cfg.batch
 	if elapsed > 0 {
 		res.OpsPerS = math.Round(float64(res.Ops)/elapsed.Seconds()*10) / 10
+		res.EntriesPerS = math.Round(float64(res.Ops)*float64(cfg.batch)/elapsed.Seconds()*10) / 10
 	}
 	ms := func(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 	res.P50, res.P90, res.P99, res.Max = ms(h.quantile(0.50)), ms(h.quantile(0.90)), ms(h.quantile(0.99)), ms(time.Duration(h.max))

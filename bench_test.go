@@ -119,6 +119,9 @@ func TestBenchBadFlags(t *testing.T) {
 		{"--workload", "feed", "--system", "etcd"},
 		{"--system", "etcd", "--idempotent"},
 		{"--rate", "0"},
+		{"--batch", "0"},
+		{"--batch", "65537"},
+		{"--batch", "10", "--workload", "read"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := benchMain(t.Context(), args, &stdout, &stderr)
@@ -146,9 +149,14 @@ type fakeEtcd struct {
 	kv   map[string][]byte
 	puts int
 	gets int
+	txns int
 }
 
 func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v3/kv/txn" {
+		f.txn(w, r)
+		return
+	}
 	var req struct {
 		Key          *string `json:"key"`
 		Value        *string `json:"value"`
@@ -194,6 +202,70 @@ func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		f.t.Errorf("unexpected path %s", r.URL.Path)
 		w.WriteHeader(http.StatusNotFound)
+	}
+}
+
+// txn takes a txn of puts, as etcd's gateway does: at most 128 of them.
+func (f *fakeEtcd) txn(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Success []struct {
+			Put struct{ Key, Value string } `json:"request_put"`
+		} `json:"success"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Success) == 0 || len(req.Success) > benchEtcdMaxTxn {
+		f.t.Errorf("txn: %d puts, %v; want 1 to %d", len(req.Success), err, benchEtcdMaxTxn)
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, op := range req.Success {
+		key, err1 := base64.StdEncoding.DecodeString(op.Put.Key)
+		v, err2 := base64.StdEncoding.DecodeString(op.Put.Value)
+		if err1 != nil || err2 != nil || !strings.HasPrefix(string(key), benchEtcdPrefix) {
+			f.t.Errorf("txn put %q=%q: not base64 of a bench key and value", op.Put.Key, op.Put.Value)
+		}
+		if _, dup := f.kv[string(key)]; dup {
+			f.t.Errorf("put %q twice: keys must be unique per op", key)
+		}
+		f.kv[string(key)] = v
+		f.puts++
+	}
+	f.txns++
+	w.Write([]byte(`{"header":{"revision":"1"},"succeeded":true}`))
+}
+
+// --batch: a batch append a request on paxoslog, a txn on etcd (cut to
+// etcd's 128 puts); entries_per_s counts entries.
+func TestBenchBatch(t *testing.T) {
+	hc := startHTTPCluster(t, 3, "", nil)
+	r := runBenchJSON(t, 0, "--targets", clusterTargets(hc), "--batch", "50", "--idempotent",
+		"--count", "20", "--clients", "3", "--warmup", "0", "--size", "120")
+	if r.Ops != 20 || r.Errors != 0 || r.Batch != 50 || r.EntriesPerS < 49*r.OpsPerS || r.EntriesPerS > 51*r.OpsPerS {
+		t.Fatalf("paxoslog batch: ops %d errors %d %v batch %d, %v entries/s at %v ops/s", r.Ops, r.Errors, r.ErrorsByKind, r.Batch, r.EntriesPerS, r.OpsPerS)
+	}
+	got := do(t, http.MethodGet, hc.urls[1]+"/v1/log?from=1&limit=1000", "", nil)
+	entries, _ := got.body["entries"].([]any)
+	seen := map[string]bool{}
+	for _, e := range entries {
+		data, _ := json.Marshal(e.(map[string]any)["data"])
+		if len(data) != 120 || seen[string(data)] {
+			t.Fatalf("entry %s: %d bytes (want 120), repeated %v", data, len(data), seen[string(data)])
+		}
+		seen[string(data)] = true
+	}
+	if len(entries) != 1000 || got.body["last"].(float64) != 1000 {
+		t.Fatalf("log holds %d entries, last %v; want 1000", len(entries), got.body["last"])
+	}
+
+	f := &fakeEtcd{t: t, kv: map[string][]byte{}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	r = runBenchJSON(t, 0, "--system", "etcd", "--targets", srv.URL, "--batch", "500", "--count", "4", "--clients", "2", "--warmup", "0")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.Ops != 4 || r.Errors != 0 || r.Batch != benchEtcdMaxTxn || f.txns != 4 || f.puts != 4*benchEtcdMaxTxn || len(f.kv) != f.puts {
+		t.Fatalf("etcd txn: ops %d errors %d batch %d; server saw %d txns, %d puts of %d keys", r.Ops, r.Errors, r.Batch, f.txns, f.puts, len(f.kv))
 	}
 }
 

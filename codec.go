@@ -19,6 +19,8 @@ import (
 // Layout, every number a uvarint unless said otherwise:
 //
 //	value:      count, then per entry: id (16 bytes), len(key), key, len(data), data
+//	            (in the batch layout: id, len(key), key, count of values, then
+//	            each value's length and bytes: Entry.More after Data)
 //	slot value: slot, ballot round, ballot node, value
 //	accept:     'A' (1 byte), from, ballot round, ballot node, commit, count, slot values
 //	forward:    'F' (1 byte), from, value
@@ -26,9 +28,17 @@ import (
 //	            first, first slot, count, slot values, membership (length, JSON;
 //	            0: none) (the reply, to a request that asks for it with
 //	            "binary": true)
+//	promise:    'P' (1 byte), ok (1 byte), promised round, promised node, floor,
+//	            count, slot values, removed (1 byte), commit (the reply, to a
+//	            prepare that asks for it with "binary": true)
 //	record:     'R' (1 byte), kind (1 byte: 'p', 'a', 'c' or 's'), promised round,
 //	            promised node, floor, count, slot values, and for 'c' floor index
 //	            (checkpoints of older builds end before it)
+//
+// A message or record that holds a batch (an entry with More) is written
+// with its tag in lower case ('a', 'f', 'r', 'c'), which says its values
+// use the batch layout; one without is written as before, so a build
+// that predates batches still reads everything but batches.
 //
 // Decoded entries share the input's memory; nothing here changes it.
 
@@ -37,6 +47,7 @@ const (
 	tagForward = 'F'
 	tagRecord  = 'R'
 	tagCatchup = 'C'
+	tagPromise = 'P'
 )
 
 // minEntryBytes is the least an encoded entry takes (id and two lengths):
@@ -45,24 +56,62 @@ const minEntryBytes = len(EntryID{}) + 2
 
 var errShortInput = errors.New("input ends early")
 
-func appendValue(b []byte, v Value) []byte {
+// batchTag is the tag that says a message's values use the batch layout.
+func batchTag(tag byte) byte { return tag | 0x20 }
+
+// tagFor returns tag, or its batch form if batch.
+func tagFor(tag byte, batch bool) byte {
+	if batch {
+		return batchTag(tag)
+	}
+	return tag
+}
+
+// hasBatch reports whether any of es is a batch.
+func hasBatch(es []Entry) bool {
+	for _, e := range es {
+		if len(e.More) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// valuesHaveBatch reports whether any of vals holds a batch.
+func valuesHaveBatch(vals []SlotValue) bool {
+	for _, sv := range vals {
+		if hasBatch(sv.Value.Entries) {
+			return true
+		}
+	}
+	return false
+}
+
+func appendValue(b []byte, v Value, batch bool) []byte {
 	b = binary.AppendUvarint(b, uint64(len(v.Entries)))
 	for _, e := range v.Entries {
 		b = append(b, e.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(len(e.Key)))
 		b = append(b, e.Key...)
+		if batch {
+			b = binary.AppendUvarint(b, uint64(e.values()))
+		}
 		b = binary.AppendUvarint(b, uint64(len(e.Data)))
 		b = append(b, e.Data...)
+		for _, d := range e.More {
+			b = binary.AppendUvarint(b, uint64(len(d)))
+			b = append(b, d...)
+		}
 	}
 	return b
 }
 
-func appendSlotValues(b []byte, vals []SlotValue) []byte {
+func appendSlotValues(b []byte, vals []SlotValue, batch bool) []byte {
 	b = binary.AppendUvarint(b, uint64(len(vals)))
 	for _, sv := range vals {
 		b = binary.AppendUvarint(b, uint64(sv.Slot))
 		b = appendBallot(b, sv.Ballot)
-		b = appendValue(b, sv.Value)
+		b = appendValue(b, sv.Value, batch)
 	}
 	return b
 }
@@ -85,7 +134,7 @@ func valuesSize(vals []SlotValue) int {
 func entriesSize(es []Entry) int {
 	n := binary.MaxVarintLen64
 	for _, e := range es {
-		n += minEntryBytes + 2*binary.MaxVarintLen32 + len(e.Key) + len(e.Data)
+		n += minEntryBytes + (3+len(e.More))*binary.MaxVarintLen32 + e.size()
 	}
 	return n
 }
@@ -93,11 +142,12 @@ func entriesSize(es []Entry) int {
 // MarshalBinary encodes m in the binary form.
 func (m AcceptReq) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 32+valuesSize(m.Values))
-	b = append(b, tagAccept)
+	batch := valuesHaveBatch(m.Values)
+	b = append(b, tagFor(tagAccept, batch))
 	b = binary.AppendUvarint(b, uint64(m.From))
 	b = appendBallot(b, m.Ballot)
 	b = binary.AppendUvarint(b, uint64(m.Commit))
-	return appendSlotValues(b, m.Values), nil
+	return appendSlotValues(b, m.Values, batch), nil
 }
 
 // UnmarshalBinary decodes the binary form, or JSON.
@@ -115,9 +165,10 @@ func (m *AcceptReq) UnmarshalBinary(p []byte) error {
 // MarshalBinary encodes m in the binary form.
 func (m ForwardReq) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 16+entriesSize(m.Entries))
-	b = append(b, tagForward)
+	batch := hasBatch(m.Entries)
+	b = append(b, tagFor(tagForward, batch))
 	b = binary.AppendUvarint(b, uint64(m.From))
-	return appendValue(b, Value{Entries: m.Entries}), nil
+	return appendValue(b, Value{Entries: m.Entries}, batch), nil
 }
 
 // UnmarshalBinary decodes the binary form, or JSON.
@@ -138,18 +189,15 @@ func (m *ForwardReq) UnmarshalBinary(p []byte) error {
 // with its length before it.
 func (m CatchupResp) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 48+len(m.Cluster)+valuesSize(m.Values))
-	b = append(b, tagCatchup)
+	batch := valuesHaveBatch(m.Values)
+	b = append(b, tagFor(tagCatchup, batch))
 	b = binary.AppendUvarint(b, uint64(len(m.Cluster)))
 	b = append(b, m.Cluster...)
 	b = binary.AppendUvarint(b, uint64(m.Through))
-	compacted := byte(0)
-	if m.Compacted {
-		compacted = 1
-	}
-	b = append(b, compacted)
+	b = append(b, boolByte(m.Compacted))
 	b = binary.AppendUvarint(b, uint64(m.First))
 	b = binary.AppendUvarint(b, uint64(m.FirstSlot))
-	b = appendSlotValues(b, m.Values)
+	b = appendSlotValues(b, m.Values, batch)
 	var mem []byte
 	if len(m.Memberships) > 0 {
 		var err error
@@ -211,13 +259,48 @@ func (m *CatchupResp) UnmarshalBinary(p []byte) error {
 	return d.end("catch-up reply")
 }
 
+// MarshalBinary encodes m in the binary form.
+func (m Promise) MarshalBinary() ([]byte, error) {
+	batch := valuesHaveBatch(m.Accepted)
+	b := make([]byte, 0, 40+valuesSize(m.Accepted))
+	b = append(b, tagFor(tagPromise, batch), boolByte(m.OK))
+	b = appendBallot(b, m.Promised)
+	b = binary.AppendUvarint(b, uint64(m.Floor))
+	b = appendSlotValues(b, m.Accepted, batch)
+	b = append(b, boolByte(m.Removed))
+	return binary.AppendUvarint(b, uint64(m.Commit)), nil
+}
+
+// UnmarshalBinary decodes the binary form, or JSON (what builds before
+// the binary form answer).
+func (m *Promise) UnmarshalBinary(p []byte) error {
+	if isJSON(p) {
+		return json.Unmarshal(p, m)
+	}
+	d := decoder{b: p}
+	d.tag(tagPromise)
+	*m = Promise{OK: d.byte() == 1, Promised: d.ballot(), Floor: Slot(d.uvarint())}
+	m.Accepted = d.slotValues()
+	m.Removed = d.byte() == 1
+	m.Commit = Slot(d.uvarint())
+	return d.end("promise")
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
 // encode returns r in the binary form.
 func (r *acceptorRecord) encode() []byte {
 	b := make([]byte, 0, 32+valuesSize(r.Values))
-	b = append(b, tagRecord, r.Kind[0])
+	batch := valuesHaveBatch(r.Values)
+	b = append(b, tagFor(tagRecord, batch), r.Kind[0])
 	b = appendBallot(b, r.Promised)
 	b = binary.AppendUvarint(b, uint64(r.Floor))
-	b = appendSlotValues(b, r.Values)
+	b = appendSlotValues(b, r.Values, batch)
 	if r.FloorIndex != nil {
 		b = binary.AppendUvarint(b, uint64(*r.FloorIndex))
 	}
@@ -256,8 +339,9 @@ func isJSON(p []byte) bool { return len(p) > 0 && p[0] == '{' }
 // decoder reads the binary form; the first error sticks and later reads
 // return zero values.
 type decoder struct {
-	b   []byte
-	err error
+	b     []byte
+	err   error
+	batch bool // the tag said: values in the batch layout
 }
 
 func (d *decoder) fail(err error) {
@@ -279,8 +363,14 @@ func (d *decoder) byte() byte {
 	return c
 }
 
+// tag reads the tag, want or its batch form.
 func (d *decoder) tag(want byte) {
-	if got := d.byte(); d.err == nil && got != want {
+	got := d.byte()
+	switch {
+	case d.err != nil:
+	case got == batchTag(want):
+		d.batch = true
+	case got != want:
 		d.fail(fmt.Errorf("tag %q, want %q", got, want))
 	}
 }
@@ -349,7 +439,20 @@ func (d *decoder) value() Value {
 		e := &v.Entries[i]
 		copy(e.ID[:], d.bytes(uint64(len(e.ID))))
 		e.Key = string(d.bytes(d.uvarint()))
+		more := 0
+		if d.batch {
+			more = d.count(1) - 1 // a length byte each at least
+			if more < 0 && d.err == nil {
+				d.fail(errors.New("an entry with no values"))
+			}
+		}
 		e.Data = d.bytes(d.uvarint())
+		if more > 0 {
+			e.More = make([][]byte, more)
+			for j := range e.More {
+				e.More[j] = d.bytes(d.uvarint())
+			}
+		}
 	}
 	return v
 }

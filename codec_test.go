@@ -23,6 +23,11 @@ func randomSlotValues(rng *rand.Rand, n int) []SlotValue {
 				e.Key = strings.Repeat("k", rng.Intn(128)+1)
 			}
 			e.Data = []byte(`{"v":"` + strings.Repeat("x", rng.Intn(300)) + `"}`)
+			if rng.Intn(4) == 0 { // a batch
+				for m := rng.Intn(4) + 1; m > 0; m-- {
+					e.More = append(e.More, []byte(fmt.Sprint(rng.Intn(1000))))
+				}
+			}
 			sv.Value.Entries = append(sv.Value.Entries, e)
 		}
 		vals = append(vals, sv)
@@ -43,6 +48,20 @@ func TestCodecRoundTrip(t *testing.T) {
 		}
 		if !reflect.DeepEqual(gotAcc, acc) {
 			t.Fatalf("accept round trip:\n got %+v\nwant %+v", gotAcc, acc)
+		}
+
+		pr := Promise{OK: rng.Intn(2) == 0, Promised: Ballot{Round: rng.Uint64(), Node: NodeID(rng.Uint32())}, Floor: Slot(rng.Uint64()),
+			Accepted: randomSlotValues(rng, rng.Intn(4)), Removed: rng.Intn(4) == 0, Commit: Slot(rng.Uint64())}
+		body, _ = pr.MarshalBinary()
+		var gotPr Promise
+		if err := gotPr.UnmarshalBinary(body); err != nil {
+			t.Fatalf("promise %v: %v", pr, err)
+		}
+		if !reflect.DeepEqual(gotPr, pr) {
+			t.Fatalf("promise round trip:\n got %+v\nwant %+v", gotPr, pr)
+		}
+		if js, _ := json.Marshal(pr); gotPr.UnmarshalBinary(js) != nil || !reflect.DeepEqual(gotPr, pr) {
+			t.Fatalf("promise from JSON (older builds): %+v", gotPr)
 		}
 
 		fwd := ForwardReq{From: NodeID(rng.Intn(5) + 1)}
@@ -243,5 +262,48 @@ func TestAcceptorReplaysJSONJournal(t *testing.T) {
 	}
 	if v, ok := a.valueExactly(2, b2); !ok || !reflect.DeepEqual(v, vals2[0].Value) {
 		t.Errorf("slot 2 under %v: %+v %v, want %+v", b2, v, ok, vals2[0].Value)
+	}
+}
+
+// A message or record holding a batch is tagged in lower case (the batch
+// layout); one without keeps the layout builds before batches read.
+func TestCodecBatchTags(t *testing.T) {
+	single := Entry{ID: EntryID{1}, Key: "k", Data: []byte(`1`)}
+	batch := Entry{ID: EntryID{2}, Data: []byte(`1`), More: [][]byte{[]byte(`2`), []byte(`"three"`)}}
+	for _, tc := range []struct {
+		es   []Entry
+		want byte
+	}{{[]Entry{single}, 'A'}, {[]Entry{single, batch}, 'a'}} {
+		vals := []SlotValue{{Slot: 3, Ballot: Ballot{Round: 1, Node: 1}, Value: Value{Entries: tc.es}}}
+		acc, _ := AcceptReq{From: 1, Values: vals}.MarshalBinary()
+		fwd, _ := ForwardReq{From: 1, Entries: tc.es}.MarshalBinary()
+		cu, _ := CatchupResp{Values: vals}.MarshalBinary()
+		rec := (&acceptorRecord{Kind: "a", Values: vals}).encode()
+		for _, got := range [][]byte{acc, fwd, cu, rec} {
+			if (got[0] >= 'a') != (tc.want >= 'a') {
+				t.Fatalf("%d entries: tag %q, want the case of %q", len(tc.es), got[0], tc.want)
+			}
+		}
+		var back AcceptReq
+		if err := back.UnmarshalBinary(acc); err != nil || !reflect.DeepEqual(back.Values, vals) {
+			t.Fatalf("accept round trip: %+v %v", back.Values, err)
+		}
+		if r, err := decodeAcceptorRecord(rec); err != nil || !reflect.DeepEqual(r.Values, vals) {
+			t.Fatalf("record round trip: %+v %v", r.Values, err)
+		}
+	}
+	// The JSON form (promises, old journals) carries More too.
+	b, _ := json.Marshal(batch)
+	var back Entry
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, batch) {
+		t.Fatalf("JSON round trip: %+v %v", back, err)
+	}
+	// A batch-layout entry must hold a value.
+	bad := []byte{batchTag(tagForward), 1, 1}
+	bad = append(bad, make([]byte, 16)...)
+	bad = append(bad, 0, 0) // no key, zero values
+	var fwd ForwardReq
+	if err := fwd.UnmarshalBinary(bad); err == nil {
+		t.Fatalf("an entry with no values decoded: %+v", fwd)
 	}
 }

@@ -59,13 +59,21 @@ import (
 // L2: such a node drops its client log and learns it again from peers,
 // who ship their dedup state with their prefix; alone, it stops.
 
-// dedupRecord is one dedup journal record: 0x01 id[16] key.
+// dedupRecord is one dedup journal record: 0x01 id[16] key, or, for an
+// index that a batch took after its first (the zero id: a continued
+// record of the client log), 0x02 alone.
 func dedupRecord(id EntryID, key string) []byte {
 	return appendDedupRecord(make([]byte, 0, 1+len(id)+len(key)), id, key)
 }
 
+// continuedRecord is the dedup record of a batch's later index.
+var continuedRecord = []byte{2}
+
 // appendDedupRecord appends the dedup record of id and key to b.
 func appendDedupRecord(b []byte, id EntryID, key string) []byte {
+	if id == (EntryID{}) {
+		return append(b, continuedRecord...)
+	}
 	b = append(b, 1)
 	b = append(b, id[:]...)
 	return append(b, key...)
@@ -73,9 +81,13 @@ func appendDedupRecord(b []byte, id EntryID, key string) []byte {
 
 var errBadDedupRecord = errors.New("malformed dedup record")
 
-// decodeDedupRecord returns the entry id and identity a dedup record holds.
+// decodeDedupRecord returns the entry id and identity a dedup record
+// holds: the zero id and "" for a batch's later index.
 func decodeDedupRecord(p []byte) (EntryID, string, error) {
 	var id EntryID
+	if bytes.Equal(p, continuedRecord) {
+		return id, "", nil
+	}
 	if len(p) < 1+len(id) || p[0] != 1 {
 		return id, "", errBadDedupRecord
 	}
@@ -83,13 +95,19 @@ func decodeDedupRecord(p []byte) (EntryID, string, error) {
 	return id, Entry{ID: id, Key: string(p[1+len(id):])}.identity(), nil
 }
 
-// rememberRecord remembers the dedup record p for index i.
+// rememberRecord remembers the dedup record p for index i. Records are
+// remembered in index order, so a continued one extends the batch that
+// the one before began.
 func (l *Learner) rememberRecord(i Index, p []byte) error {
 	id, k, err := decodeDedupRecord(p)
 	if err != nil {
 		return fmt.Errorf("dedup index %d: %w", i, err)
 	}
-	l.remember(i, id, k)
+	if k == "" {
+		l.rememberContinued(i)
+	} else {
+		l.remember(i, id, k)
+	}
 	return nil
 }
 
@@ -238,6 +256,9 @@ func (l *Learner) rememberedRecord(i Index) ([]byte, bool) {
 		return nil, false
 	}
 	k := l.ring[i%l.window]
+	if k == continued {
+		return continuedRecord, true
+	}
 	a, ok := l.recent[k]
 	if k == "" || !ok || a.index != i {
 		return nil, false

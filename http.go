@@ -166,8 +166,18 @@ func readBody(c echo.Context, limit int) ([]byte, error) {
 	return body, nil
 }
 
-// appendEntry: POST /v1/log with one JSON value.
+// isNDJSON reports whether a Content-Type names a batch:
+// application/x-ndjson, with or without parameters.
+func isNDJSON(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/x-ndjson")
+}
+
+// appendEntry: POST /v1/log with one JSON value, or a batch of them.
 func (s *server) appendEntry(c echo.Context) error {
+	if isNDJSON(c.Request().Header.Get(echo.HeaderContentType)) {
+		return s.appendBatch(c)
+	}
 	body, err := readBody(c, s.n.cfg.MaxEntryBytes)
 	if err != nil {
 		return err
@@ -179,9 +189,9 @@ func (s *server) appendEntry(c echo.Context) error {
 	if !gjson.ValidBytes(body) {
 		return badRequest("body is not exactly one valid JSON value")
 	}
-	key := c.Request().Header.Get("Idempotency-Key")
-	if len(key) > maxKeyBytes {
-		return badRequest("Idempotency-Key is longer than %d bytes", maxKeyBytes)
+	key, err := idempotencyKey(c)
+	if err != nil {
+		return err
 	}
 	a, err := s.n.Append(c.Request().Context(), body, key)
 	if err != nil {
@@ -194,6 +204,80 @@ func (s *server) appendEntry(c echo.Context) error {
 		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(append([]byte(`{"index":`), idx...), `,"duplicate":true}`...))
 	}
 	return c.Blob(http.StatusCreated, echo.MIMEApplicationJSON, append(append([]byte(`{"index":`), idx...), '}'))
+}
+
+// idempotencyKey returns the request's Idempotency-Key ("" for none).
+func idempotencyKey(c echo.Context) (string, error) {
+	key := c.Request().Header.Get("Idempotency-Key")
+	if len(key) > maxKeyBytes {
+		return "", badRequest("Idempotency-Key is longer than %d bytes", maxKeyBytes)
+	}
+	return key, nil
+}
+
+// appendBatch: POST /v1/log with application/x-ndjson, one JSON value a
+// line, all appended at consecutive indices or none. Every line is
+// checked before anything is submitted, so a bad one changes nothing.
+func (s *server) appendBatch(c echo.Context) error {
+	cfg := s.n.cfg
+	body, err := readBody(c, cfg.MaxBatchBytes)
+	if err != nil {
+		return err
+	}
+	vals, err := splitBatch(body, cfg.MaxBatchEntries, cfg.MaxEntryBytes)
+	if err != nil {
+		return err
+	}
+	key, err := idempotencyKey(c)
+	if err != nil {
+		return err
+	}
+	a, err := s.n.AppendBatch(c.Request().Context(), vals, key)
+	if err != nil {
+		return err
+	}
+	first := strconv.AppendUint(nil, uint64(a.Index), 10)
+	c.Response().Header()["Location"] = []string{"/v1/log/" + string(first)}
+	b := append(append([]byte(`{"first":`), first...), `,"last":`...)
+	b = strconv.AppendUint(b, uint64(a.Last), 10)
+	if a.Duplicate {
+		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, `,"duplicate":true}`...))
+	}
+	return c.Blob(http.StatusCreated, echo.MIMEApplicationJSON, append(b, '}'))
+}
+
+// splitBatch cuts an ndjson body into its values, sharing its memory:
+// one JSON value a line, lines counted from 1, blank ones (and so a
+// final newline) skipped, a CR before the LF dropped with the rest of
+// the space around a value.
+func splitBatch(body []byte, maxEntries, maxEntryBytes int) ([][]byte, error) {
+	var vals [][]byte
+	for line := 1; len(body) > 0; line++ {
+		var v []byte
+		if i := bytes.IndexByte(body, '\n'); i >= 0 {
+			v, body = body[:i], body[i+1:]
+		} else {
+			v, body = body, nil
+		}
+		v = bytes.TrimSpace(v)
+		if len(v) == 0 {
+			continue
+		}
+		if len(v) > maxEntryBytes {
+			return nil, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("line %d: entry is larger than the limit of %d bytes", line, maxEntryBytes)}
+		}
+		if !gjson.ValidBytes(v) {
+			return nil, badRequest("line %d is not exactly one valid JSON value", line)
+		}
+		if len(vals) == maxEntries {
+			return nil, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("line %d: a batch holds at most %d entries", line, maxEntries)}
+		}
+		vals = append(vals, v[:len(v):len(v)])
+	}
+	if len(vals) == 0 {
+		return nil, badRequest("batch is empty: send one JSON value a line")
+	}
+	return vals, nil
 }
 
 // parseIndex parses a positive integer parameter.

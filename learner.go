@@ -51,8 +51,13 @@ import (
 // Config.DedupWindow.
 const defaultDedupWindow = 1 << 18
 
-// catchupBatch is the most entries one catch-up reply carries.
-const catchupBatch = 1024
+// catchupBatch is the most entries one catch-up reply carries, and
+// catchupBytes about the most bytes of entry data (whole slots only: a
+// reply holds one slot at least, whatever its size).
+const (
+	catchupBatch = 1024
+	catchupBytes = 16 << 20
+)
 
 // learnerRecord is one journal record of the client log, stored as
 //
@@ -167,7 +172,8 @@ type Learner struct {
 	commitFrom  NodeID                  // who said so: the peer to catch up from
 	window      Index                   // the dedup window, in indices
 	recent      map[string]appliedEntry // identity -> where it went, last window indices
-	ring        []string                // ring[i%window] = identity at index i
+	ring        []string                // ring[i%window] = identity at index i (or continued)
+	tail        string                  // identity of the entry that took the last remembered index
 	waiters     map[string][]waiter     // identity -> appends waiting for it
 	// mems are memberships catch-up replies carried whose slots are not
 	// applied yet, oldest first: adopted as each slot is applied (M1).
@@ -383,30 +389,64 @@ func (l *Learner) record(i Index) (learnerRecord, error) {
 	return r, nil
 }
 
-// appliedEntry is where an identity went: its index and the id of the
-// entry that got it.
+// appliedEntry is where an identity went: the indices index..last (more
+// than one for a batch) and the id of the entry that got them.
 type appliedEntry struct {
-	index Index
-	id    EntryID
+	index, last Index
+	id          EntryID
 }
 
-// Applied is what an append's waiter learns: the entry's index, and
-// whether an earlier append with the same Idempotency-Key got it.
+// Applied is what an append's waiter learns: the entry's index (a
+// batch's first and last), and whether an earlier append with the same
+// Idempotency-Key got it.
 type Applied struct {
 	Index     Index
+	Last      Index
 	Duplicate bool
 }
 
-// remember records e at index i and forgets what fell out of the window.
+// applied is what an append of id learns from where its identity went.
+func (a appliedEntry) applied(id EntryID) Applied {
+	return Applied{Index: a.index, Last: a.last, Duplicate: a.id != id}
+}
+
+// continued marks, in the dedup ring, an index that a batch's entry took
+// after its first: it has no identity of its own (an identity begins with
+// 'k' or 'i').
+const continued = "+"
+
+// remember records identity k, of the entry id, at index i, and forgets
+// what fell out of the window. An identity is remembered while its first
+// index is in the window.
 func (l *Learner) remember(i Index, id EntryID, k string) {
+	l.forgetBelow(i)
+	l.ring[i%l.window] = k
+	l.recent[k] = appliedEntry{index: i, last: i, id: id}
+	l.tail = k
+}
+
+// rememberContinued records that index i continues the batch whose
+// entry took i-1.
+func (l *Learner) rememberContinued(i Index) {
+	l.forgetBelow(i)
+	l.ring[i%l.window] = continued
+	if a, ok := l.recent[l.tail]; ok && a.last == i-1 {
+		a.last = i
+		l.recent[l.tail] = a
+	} else {
+		l.tail = "" // its first index is not remembered here
+	}
+}
+
+// forgetBelow forgets the identity whose first index leaves the window as
+// index i enters it.
+func (l *Learner) forgetBelow(i Index) {
 	if i > l.window {
 		old := l.ring[i%l.window]
 		if a, ok := l.recent[old]; ok && a.index == i-l.window {
 			delete(l.recent, old)
 		}
 	}
-	l.ring[i%l.window] = k
-	l.recent[k] = appliedEntry{index: i, id: id}
 }
 
 // chosen hands the learner a chosen slot. Slots may arrive in any order
@@ -508,39 +548,45 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		keys = append(keys, k)
 	}
 	if len(fresh) > 0 {
-		payloads := make([][]byte, len(fresh))
-		size := 0
+		// Every value of a fresh entry gets an index: a batch's first
+		// one the record with its id and key, the rest records with the
+		// zero id and no key (continued records: no client entry's id is
+		// zero), so that the log alone says where each batch begins.
+		count, size, dsize := 0, 0, 0
 		for _, e := range fresh {
-			size += learnerRecordOverhead + len(e.Key) + len(e.Data)
+			count += e.values()
+			size += e.values()*learnerRecordOverhead + e.size()
+			dsize += 1 + len(e.ID) + len(e.Key) + len(e.More)
 		}
+		payloads := make([][]byte, 0, count)
 		buf := make([]byte, 0, size) // one allocation for every record
+		dd := make([][]byte, 0, count)
+		dbuf := make([]byte, 0, dsize) // D1: one allocation for every dedup record
 		now := time.Now().UnixNano()
 		sum := l.sum
-		for i, e := range fresh {
+		add := func(id EntryID, key string, data []byte) {
 			start := len(buf)
-			r := learnerRecord{Slot: slot, Pos: i, N: len(fresh), Time: now, ID: e.ID, Key: e.Key, Data: e.Data}
-			sum += r.hash(l.last + 1 + Index(i))
+			r := learnerRecord{Slot: slot, Pos: len(payloads), N: count, Time: now, ID: id, Key: key, Data: data}
+			sum += r.hash(l.last + 1 + Index(len(payloads)))
 			r.Sum = sum
 			buf = r.appendTo(buf)
-			payloads[i] = buf[start:len(buf):len(buf)]
+			payloads = append(payloads, buf[start:len(buf):len(buf)])
+			start = len(dbuf)
+			dbuf = appendDedupRecord(dbuf, id, key)
+			dd = append(dd, dbuf[start:len(dbuf):len(dbuf)])
+		}
+		for _, e := range fresh {
+			add(e.ID, e.Key, e.Data)
+			for _, d := range e.More {
+				add(EntryID{}, "", d)
+			}
 		}
 		lastRec, err := l.journal.Append(payloads...)
 		if err != nil {
 			return fmt.Errorf("apply slot %d: %w", slot, err)
 		}
-		if Index(lastRec) != l.last+Index(len(fresh)) {
-			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(len(fresh)))
-		}
-		dd := make([][]byte, len(fresh)) // D1
-		size = 0
-		for _, e := range fresh {
-			size += 1 + len(e.ID) + len(e.Key)
-		}
-		dbuf := make([]byte, 0, size) // one allocation for every record
-		for i, e := range fresh {
-			start := len(dbuf)
-			dbuf = appendDedupRecord(dbuf, e.ID, e.Key)
-			dd[i] = dbuf[start:len(dbuf):len(dbuf)]
+		if Index(lastRec) != l.last+Index(count) {
+			return fmt.Errorf("apply slot %d: log at %d, expected %d", slot, lastRec, l.last+Index(count))
 		}
 		lastDedup, err := l.dedup.Append(dd...)
 		if err != nil {
@@ -557,8 +603,16 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 			if l.n.onApply != nil {
 				l.n.onApply(l.last, e.Data)
 			}
+			for _, d := range e.More {
+				l.last++
+				l.rememberContinued(l.last)
+				if l.n.onApply != nil {
+					l.n.onApply(l.last, d)
+				}
+			}
+			a := l.recent[k]
 			for _, w := range l.waiters[k] {
-				w.ch <- Applied{Index: l.last, Duplicate: w.id != e.ID}
+				w.ch <- a.applied(w.id)
 			}
 			delete(l.waiters, k)
 		}
@@ -651,7 +705,7 @@ func (l *Learner) await(e Entry) <-chan Applied {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if a, ok := l.recent[k]; ok {
-		ch <- Applied{Index: a.index, Duplicate: a.id != e.ID}
+		ch <- a.applied(e.ID)
 		return ch
 	}
 	l.waiters[k] = append(l.waiters[k], waiter{id: e.ID, ch: ch})
@@ -829,7 +883,7 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 	// With next >= first, slots from `from` up to the slot of index lo
 	// hold no entries the requester lacks: they were no-ops (or held only
 	// duplicates) and are answered as such by their absence.
-	count := 0
+	count, size := 0, 0
 	for i := lo; i <= last; i++ {
 		rec, err := l.record(i)
 		if err != nil {
@@ -840,15 +894,21 @@ func (l *Learner) readChosen(from Slot, next Index, max int) (CatchupResp, error
 		}
 		n := len(resp.Values)
 		if n == 0 || resp.Values[n-1].Slot != rec.Slot {
-			if count >= max {
+			if count >= max || size >= catchupBytes {
 				resp.Through = rec.Slot - 1
 				return resp, nil
 			}
 			resp.Values = append(resp.Values, SlotValue{Slot: rec.Slot})
 			n++
 		}
-		resp.Values[n-1].Value.Entries = append(resp.Values[n-1].Value.Entries, Entry{ID: rec.ID, Key: rec.Key, Data: rec.Data})
+		es := resp.Values[n-1].Value.Entries
+		if rec.ID == (EntryID{}) && len(es) > 0 { // a batch's later value (applyLocked)
+			es[len(es)-1].More = append(es[len(es)-1].More, rec.Data)
+		} else {
+			resp.Values[n-1].Value.Entries = append(es, Entry{ID: rec.ID, Key: rec.Key, Data: rec.Data})
+		}
 		count++
+		size += len(rec.Key) + len(rec.Data)
 	}
 	resp.Through = applied
 	return resp, nil
@@ -1081,16 +1141,20 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 	}
 	clear(l.recent)
 	clear(l.ring)
+	l.tail = ""
 	for k, p := range resp.Dedup {
-		i := resp.DedupFrom + Index(k)
-		if err := l.rememberRecord(i, p); err != nil {
+		if err := l.rememberRecord(resp.DedupFrom+Index(k), p); err != nil {
 			return err
 		}
-		id, ident, _ := decodeDedupRecord(p)
-		for _, w := range l.waiters[ident] { // appends here whose entry got an index in the prefix
-			w.ch <- Applied{Index: i, Duplicate: w.id != id}
+	}
+	for _, p := range resp.Dedup { // appends here whose entry got an index in the prefix
+		_, ident, _ := decodeDedupRecord(p)
+		if a, ok := l.recent[ident]; ok && ident != "" {
+			for _, w := range l.waiters[ident] {
+				w.ch <- a.applied(w.id)
+			}
+			delete(l.waiters, ident)
 		}
-		delete(l.waiters, ident)
 	}
 	if err := l.holdMembershipsLocked(ms); err != nil {
 		return err

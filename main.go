@@ -75,7 +75,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	join := fs.String("join", "", "instead of --peers: URLs of members of a running cluster that this new node joins, http://host:port,... (it waits until added: POST /v1/admin/members)")
 	data := fs.String("data", "", "where this node keeps its state (default ./paxoslog-data/<id>)")
 	key := fs.String("cluster-key", "", "shared secret peers present to each other (default: env PAXOSLOG_CLUSTER_KEY)")
-	maxEntry := fs.Int("max-entry-bytes", 1<<20, "largest accepted append body in bytes")
+	maxEntry := fs.Int("max-entry-bytes", 1<<20, "largest accepted append body in bytes (for a batch: each entry)")
+	maxBatchEntries := fs.Int("max-batch-entries", 10_000, fmt.Sprintf("most entries in one batch append (application/x-ndjson), at most %d", maxSlotValues))
+	maxBatchBytes := fs.Int("max-batch-bytes", 16<<20, fmt.Sprintf("largest batch append body in bytes, at most %d", maxSlotBytes*4))
 	heartbeat := fs.Duration("heartbeat", 50*time.Millisecond, "leader heartbeat interval")
 	election := fs.Duration("election-timeout", 500*time.Millisecond, "silence before a follower campaigns (randomised up to twice this)")
 	reqTimeout := fs.Duration("request-timeout", 5*time.Second, "how long an append or read waits for a majority before 503")
@@ -108,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	o.node = Config{
 		ID: NodeID(*id), DataDir: *data, MaxEntryBytes: *maxEntry,
+		MaxBatchEntries: *maxBatchEntries, MaxBatchBytes: *maxBatchBytes,
 		HeartbeatInterval: *heartbeat, ElectionTimeout: *election, RequestTimeout: *reqTimeout,
 		RetainEntries: *retainEntries, RetainAge: *retainAge, RetainBytes: *retainBytes,
 	}
@@ -121,6 +124,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if *maxEntry < 1 {
 		return nil, usagef("--max-entry-bytes must be positive, got %d", *maxEntry)
+	}
+	if *maxBatchEntries < 1 || *maxBatchEntries > maxSlotValues {
+		return nil, usagef("--max-batch-entries must be an integer from 1 to %d, got %d", maxSlotValues, *maxBatchEntries)
+	}
+	if *maxBatchBytes < 1 || *maxBatchBytes > maxSlotBytes*4 {
+		return nil, usagef("--max-batch-bytes must be an integer from 1 to %d, got %d", maxSlotBytes*4, *maxBatchBytes)
 	}
 	if *heartbeat <= 0 || *election <= *heartbeat || *reqTimeout <= 0 {
 		return nil, usagef("need 0 < --heartbeat < --election-timeout and a positive --request-timeout")

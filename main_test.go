@@ -29,6 +29,9 @@ func TestMainBadFlags(t *testing.T) {
 		{"listen without a port", func(_ *testing.T, d string) []string { return []string{"--listen", "localhost", "--data", d} }, "--listen"},
 		{"id just past the range", func(_ *testing.T, d string) []string { return []string{"--id", "2147483648", "--data", d} }, "--id must be an integer from 1 to"},
 		{"listen port not a number", func(_ *testing.T, d string) []string { return []string{"--listen", "localhost:abc", "--data", d} }, "--listen port"},
+		{"batch of no entries", func(_ *testing.T, d string) []string { return []string{"--max-batch-entries", "0", "--data", d} }, "--max-batch-entries must be an integer from 1 to 65536"},
+		{"batch of too many entries", func(_ *testing.T, d string) []string { return []string{"--max-batch-entries", "65537", "--data", d} }, "--max-batch-entries"},
+		{"batch body too large", func(_ *testing.T, d string) []string { return []string{"--max-batch-bytes", "67108865", "--data", d} }, "--max-batch-bytes must be an integer from 1 to 67108864"},
 		{"peers missing own id", func(_ *testing.T, d string) []string {
 			return []string{"--id", "3", "--peers", "1=http://127.0.0.1:7071,2=http://127.0.0.1:7072", "--data", d}
 		}, "own id 3"},

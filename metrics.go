@@ -94,8 +94,8 @@ func newMetrics(n *Node) *metrics {
 	})
 	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "paxoslog_batch_entries",
-		Help:    "Entries per slot the leader proposes.",
-		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		Help:    "Entries per slot the leader proposes (each entry of a batch append counts).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 17),
 	})
 	m.appliedSlot = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "paxoslog_applied_slot",

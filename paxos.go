@@ -107,10 +107,29 @@ func (g *entryIDs) next() EntryID {
 // Entry is one client append: an id for deduplication and the JSON value,
 // carried as the exact bytes the client sent, end to end (base64 inside
 // peer messages, raw in the client log), so a read returns them unchanged.
+//
+// A batch append is one Entry too: Data is its first value and More the
+// rest. It is queued, forwarded, proposed, deduplicated and awaited as a
+// unit, inside one slot's value, so its values are chosen together or
+// not at all and get consecutive indices (the learner gives an entry
+// 1+len(More) of them at once: applyLocked).
 type Entry struct {
-	ID   EntryID `json:"id"`
-	Key  string  `json:"k,omitempty"` // the client's Idempotency-Key, if any
-	Data []byte  `json:"d"`
+	ID   EntryID  `json:"id"`
+	Key  string   `json:"k,omitempty"` // the client's Idempotency-Key, if any
+	Data []byte   `json:"d"`
+	More [][]byte `json:"m,omitempty"` // a batch's values after the first
+}
+
+// values is how many indices e takes: one per value.
+func (e Entry) values() int { return 1 + len(e.More) }
+
+// size is the bytes of e's values and key.
+func (e Entry) size() int {
+	n := len(e.Key) + len(e.Data)
+	for _, d := range e.More {
+		n += len(d)
+	}
+	return n
 }
 
 // System entries are entries of the log's own, not a client's: they take
@@ -199,6 +218,10 @@ type PrepareReq struct {
 	From   NodeID `json:"from"`
 	Ballot Ballot `json:"b"`
 	Slot   Slot   `json:"slot"`
+	// Binary asks for the promise in the binary form (codec.go): the
+	// values it reports carry entry data (batches: megabytes), which
+	// JSON would base64 and scan. Builds before it answer JSON.
+	Binary bool `json:"binary,omitempty"`
 }
 
 func (m PrepareReq) String() string {
@@ -417,6 +440,11 @@ type Config struct {
 	JoinURLs      map[NodeID]string // where the Join ids are (the transport's; none in tests)
 	DataDir       string
 	MaxEntryBytes int
+	// A batch append (application/x-ndjson) holds at most MaxBatchEntries
+	// entries (default 10,000) in at most MaxBatchBytes of body (default
+	// 16 MiB), each entry within MaxEntryBytes.
+	MaxBatchEntries int
+	MaxBatchBytes   int
 
 	HeartbeatInterval time.Duration // leader's learn/heartbeat period
 	ElectionTimeout   time.Duration // silence before a follower campaigns; randomised in [T, 2T)
@@ -488,6 +516,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxEntryBytes <= 0 {
 		c.MaxEntryBytes = 1 << 20
+	}
+	if c.MaxBatchEntries <= 0 {
+		c.MaxBatchEntries = 10_000
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 16 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -895,7 +929,13 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 	case methodPrepare:
 		var req PrepareReq
 		if err = json.Unmarshal(body, &req); err == nil {
-			resp, err = n.onPrepare(req)
+			var pr Promise
+			pr, err = n.onPrepare(req)
+			if err == nil && req.Binary {
+				out, err = pr.MarshalBinary()
+				return out, nil, err
+			}
+			resp = pr
 		}
 	case methodAccept:
 		var req AcceptReq
@@ -1063,6 +1103,16 @@ func (n *Node) onLearn(req LearnReq) LearnResp {
 // in the log under that key (within the dedup window) is not appended
 // again: its index comes back with Duplicate set.
 func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, error) {
+	return n.AppendBatch(ctx, [][]byte{data}, key)
+}
+
+// AppendBatch submits vals (at least one) as one batch: each becomes an
+// entry, all of them chosen together at consecutive indices, Index to
+// Last, or none. The key covers the whole batch. It waits as Append does.
+func (n *Node) AppendBatch(ctx context.Context, vals [][]byte, key string) (Applied, error) {
+	if len(vals) == 0 {
+		return Applied{}, errors.New("append: no values")
+	}
 	if err := n.waitServing(ctx); err != nil {
 		return Applied{}, err
 	}
@@ -1070,7 +1120,10 @@ func (n *Node) Append(ctx context.Context, data []byte, key string) (Applied, er
 		return Applied{}, ErrNotMember
 	}
 	start := time.Now()
-	e := Entry{ID: n.ids.next(), Key: key, Data: data}
+	e := Entry{ID: n.ids.next(), Key: key, Data: vals[0], More: vals[1:]}
+	if len(e.More) == 0 {
+		e.More = nil
+	}
 	ch := n.learner.await(e)
 	select {
 	case a := <-ch: // the key is already in the log: nothing to append

@@ -35,7 +35,8 @@ import (
 //   - P4: no value holds one entry id twice: an id is queued at most once
 //     while it is queued or in flight (leaderState.enqueue), and a value is
 //     cut from the queue. The learner relies on it (applyLocked checks
-//     repeats within a value only among Idempotency-Keys).
+//     repeats within a value only among Idempotency-Keys). A batch is one
+//     entry, so it is never split across slots (takeForSlot).
 //   - P5: an acceptance counts toward a majority only once it is synced
 //     on its acceptor's disk. Peers' acceptances come synced (acceptor
 //     invariant A3). The leader's own may be written unsynced (lazy, see
@@ -46,6 +47,7 @@ import (
 // proposal is one slot in phase 2 under the current ballot.
 type proposal struct {
 	value  Value
+	bytes  int // of value's entries (maxInflightBytes)
 	acks   *quorum
 	sent   time.Time
 	chosen bool
@@ -81,6 +83,7 @@ type leaderState struct {
 	recoverTo   Slot // last slot recovered from phase 1; reads wait for commit >= recoverTo
 	inflight    map[Slot]*proposal
 	queue       []Entry
+	queuedVals  int // values (indices to be) in queue: a batch counts each
 	queued      map[EntryID]bool
 	contact     map[NodeID]time.Time     // last OK heartbeat reply per peer
 	peerApplied map[NodeID]Slot          // last applied slot each peer reported
@@ -332,8 +335,66 @@ func (ls *leaderState) enqueue(entries []Entry) {
 		if !ls.queued[e.ID] {
 			ls.queued[e.ID] = true
 			ls.queue = append(ls.queue, e)
+			ls.queuedVals += e.values()
 		}
 	}
+}
+
+// Bounds on one slot's value besides MaxBatch (in values: a batch counts
+// each). A slot takes at least one queued append, whatever its size, so
+// a batch is never split (the batch flags stay below maxSlotBytes).
+const (
+	maxSlotBytes  = 16 << 20
+	maxSlotValues = 1 << 16
+)
+
+// maxAcceptBytes bounds one accept request's values (well below
+// maxPeerBody): more slots than that go in several requests.
+const maxAcceptBytes = 64 << 20
+
+// maxInflightBytes bounds the entry bytes of the slots in phase 2 at
+// once (one slot may pass it alone), and with it what a promise to an
+// up-to-date candidate carries back.
+const maxInflightBytes = 64 << 20
+
+// inflightBytesLocked is the entry bytes of ls's slots in phase 2.
+func (ls *leaderState) inflightBytesLocked() int {
+	n := 0
+	for _, prop := range ls.inflight {
+		n += prop.bytes
+	}
+	return n
+}
+
+// takeForSlot returns how many appends from the front of queue the next
+// slot takes: at least one, then while they hold at most maxValues
+// values and maxSlotBytes bytes.
+func takeForSlot(queue []Entry, maxValues int) (appends, values int) {
+	bytes := 0
+	for _, e := range queue {
+		v, b := e.values(), e.size()
+		if appends > 0 && (values+v > maxValues || bytes+b > maxSlotBytes) {
+			break
+		}
+		appends, values, bytes = appends+1, values+v, bytes+b
+	}
+	return appends, values
+}
+
+// splitAccepts cuts vals into runs whose encoded values stay within
+// maxAcceptBytes (a run holds one slot at least).
+func splitAccepts(vals []SlotValue) [][]SlotValue {
+	var runs [][]SlotValue
+	start, size := 0, 0
+	for i, sv := range vals {
+		n := entriesSize(sv.Value.Entries)
+		if i > start && size+n > maxAcceptBytes {
+			runs = append(runs, vals[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(runs, vals[start:])
 }
 
 // submit takes a client entry; the learner tells the caller when it is in.
@@ -375,10 +436,11 @@ func (p *Proposer) forget(id EntryID) {
 func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 	var vals []SlotValue
 	for len(ls.queue) > 0 && len(ls.inflight) < p.n.cfg.MaxInflight && !ls.draining && ls.changeSlot == 0 {
-		if len(ls.inflight) > 0 && len(ls.queue) < p.n.cfg.MaxBatch/4 {
+		if len(ls.inflight) > 0 && (ls.queuedVals < p.n.cfg.MaxBatch/4 || ls.inflightBytesLocked() >= maxInflightBytes) {
 			break
 		}
-		k := min(len(ls.queue), p.n.cfg.MaxBatch)
+		k, nv := takeForSlot(ls.queue, min(p.n.cfg.MaxBatch, maxSlotValues))
+		ls.queuedVals -= nv
 		v := Value{Entries: append([]Entry(nil), ls.queue[:k]...)}
 		if len(ls.forwarded) > 0 {
 			for _, e := range v.Entries {
@@ -388,13 +450,13 @@ func (p *Proposer) proposeQueuedLocked(ls *leaderState) ([]SlotValue, Slot) {
 				}
 			}
 		}
-		p.n.metrics.batchSize.Observe(float64(k))
+		p.n.metrics.batchSize.Observe(float64(nv))
 		ls.queue = ls.queue[k:]
 		vals = append(vals, p.newProposalLocked(ls, ls.nextSlot, v))
 		ls.nextSlot++
 	}
 	if len(ls.queue) == 0 {
-		ls.queue = nil
+		ls.queue, ls.queuedVals = nil, 0
 	}
 	return vals, ls.commit
 }
@@ -406,7 +468,7 @@ func (p *Proposer) newProposalLocked(ls *leaderState, s Slot, v Value) SlotValue
 // proposeUnderLocked opens slot s for v, decided by a majority of m's
 // voters: the membership that governs s (M1).
 func (p *Proposer) proposeUnderLocked(ls *leaderState, s Slot, v Value, m *membership) SlotValue {
-	ls.inflight[s] = &proposal{value: v, acks: newQuorum(m.voters()), sent: time.Now()}
+	ls.inflight[s] = &proposal{value: v, bytes: entriesSize(v.Entries), acks: newQuorum(m.voters()), sent: time.Now()}
 	return SlotValue{Slot: s, Value: v}
 }
 
@@ -427,6 +489,12 @@ func (p *Proposer) proposeUnderLocked(ls *leaderState, s Slot, v Value, m *membe
 // leaders without such followers sync at once, as peers do.
 func (p *Proposer) sendAccept(ls *leaderState, vals []SlotValue, commit Slot) {
 	if len(vals) == 0 {
+		return
+	}
+	if runs := splitAccepts(vals); len(runs) > 1 {
+		for _, run := range runs {
+			p.sendAccept(ls, run, commit)
+		}
 		return
 	}
 	req := AcceptReq{From: p.n.cfg.ID, Ballot: ls.ballot, Values: vals, Commit: commit}
@@ -1139,7 +1207,7 @@ func (p *Proposer) askPromises(ctx context.Context, b Ballot, from Slot, m *memb
 			ask = append(ask, id)
 		}
 	}
-	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from}
+	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from, Binary: true}
 	replies := make(chan reply, len(ask))
 	for _, to := range ask {
 		go func() {
@@ -1179,7 +1247,7 @@ func (p *Proposer) gatherPromises(ctx context.Context, b Ballot, from Slot, vote
 		pr   Promise
 		err  error
 	}
-	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from}
+	req := PrepareReq{From: p.n.cfg.ID, Ballot: b, Slot: from, Binary: true}
 	// Our own acceptor promises first, durably: a restarted node starts
 	// its rounds above its own promise, so it never reuses a ballot (P1).
 	var own Promise

@@ -966,7 +966,7 @@ func (n *Node) gatherFence(ctx context.Context, b Ballot, from Slot) (map[NodeID
 	cctx, cancel := context.WithTimeout(ctx, n.cfg.ElectionTimeout)
 	defer cancel()
 	replies := make(chan reply, len(others))
-	req := PrepareReq{From: n.cfg.ID, Ballot: b, Slot: from}
+	req := PrepareReq{From: n.cfg.ID, Ballot: b, Slot: from, Binary: true}
 	for _, to := range others {
 		go func() {
 			var pr Promise

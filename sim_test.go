@@ -24,7 +24,9 @@ import (
 //
 // Each schedule runs a 3- or 5-node in-process cluster with concurrent
 // clients: appenders (a third of them with an Idempotency-Key, retried
-// through other nodes after an unknown outcome), linearizable readers, and
+// through other nodes after an unknown outcome; a quarter of them batches
+// of 2 to 6 entries, which must land at consecutive indices or not at
+// all), linearizable readers, and
 // one feed follower per node. A schedule drawn from one seed injects
 // crashes at any instant (including between an acceptor's write and its
 // sync, and between its sync and its reply), restarts, partitions of every
@@ -61,14 +63,19 @@ func (k *keyList) find(key string) (int, bool) {
 
 type simInput struct {
 	read bool
-	meta string // where a read went, for failure reports
-	data string // append
-	key  string // append, optional
+	meta string   // where a read went, for failure reports
+	data string   // append: its (first) entry
+	more []string // a batch append's later entries
+	key  string   // append, optional
 }
+
+// entries returns an append's entries.
+func (in simInput) entries() []string { return append([]string{in.data}, in.more...) }
 
 type simOutput struct {
 	unknown bool // append whose outcome is unknown (timeout, crash)
-	index   int  // append
+	index   int  // append (a batch's first index)
+	last    int  // append: its last index (index, but for a batch)
 	dup     bool // append answered as an idempotent repeat
 	n       int  // read: entries seen
 	h       uint64
@@ -90,16 +97,20 @@ var logModel = porcupine.Model{
 		if in.read {
 			return out.n == s.n && out.h == s.h, s
 		}
+		k := 1 + len(in.more)
 		if in.key != "" {
 			if idx, ok := s.keys.find(in.key); ok {
-				return out.unknown || (out.index == idx && out.dup), s
+				return out.unknown || (out.index == idx && out.last == idx+k-1 && out.dup), s
 			}
 		}
-		next := logModelState{n: s.n + 1, h: chainHash(s.h, in.data), keys: s.keys}
-		if in.key != "" {
-			next.keys = &keyList{key: in.key, idx: next.n, next: s.keys}
+		next := logModelState{n: s.n + k, h: s.h, keys: s.keys}
+		for _, d := range in.entries() {
+			next.h = chainHash(next.h, d)
 		}
-		return out.unknown || (out.index == next.n && !out.dup), next
+		if in.key != "" {
+			next.keys = &keyList{key: in.key, idx: s.n + 1, next: s.keys}
+		}
+		return out.unknown || (out.index == s.n+1 && out.last == next.n && !out.dup), next
 	},
 	Equal: func(a, b any) bool {
 		x, y := a.(logModelState), b.(logModelState)
@@ -112,9 +123,9 @@ var logModel = porcupine.Model{
 			return fmt.Sprintf("read() -> %d entries", out.n)
 		}
 		if out.unknown {
-			return fmt.Sprintf("append(%s, key=%q) -> ?", in.data, in.key)
+			return fmt.Sprintf("append(%s +%d, key=%q) -> ?", in.data, len(in.more), in.key)
 		}
-		return fmt.Sprintf("append(%s, key=%q) -> %d dup=%v", in.data, in.key, out.index, out.dup)
+		return fmt.Sprintf("append(%s +%d, key=%q) -> %d..%d dup=%v", in.data, len(in.more), in.key, out.index, out.last, out.dup)
 	},
 }
 
@@ -208,7 +219,7 @@ func resolveUnknown(ops []porcupine.Operation, final []string) []porcupine.Opera
 			continue
 		}
 		if idx, ok := at[in.data]; ok {
-			op.Output = simOutput{index: idx}
+			op.Output = simOutput{index: idx, last: idx + len(in.more)}
 			kept = append(kept, op)
 		}
 	}
@@ -248,8 +259,8 @@ func explainIllegal(t *testing.T, ops []porcupine.Operation, final []string) {
 
 // simStats counts what a schedule did.
 type simStats struct {
-	ops, appends, reads, unknown int
-	faults                       map[string]int
+	ops, appends, batches, reads, unknown int
+	faults                                map[string]int
 }
 
 func runSchedule(t *testing.T, seed int64, steps int) simStats {
@@ -295,6 +306,11 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 				default:
 				}
 				in := simInput{data: fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)}
+				if r.Intn(4) == 0 {
+					for b := 1; b <= 1+r.Intn(5); b++ {
+						in.more = append(in.more, fmt.Sprintf(`{"w":%d,"i":%d,"b":%d}`, w, i, b))
+					}
+				}
 				attempts := 1
 				if r.Intn(3) == 0 {
 					in.key = fmt.Sprintf("w%d-%d", w, i)
@@ -308,21 +324,27 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 					}
 					actx, acancel := context.WithTimeout(ctx, time.Duration(200+r.Intn(800))*time.Millisecond)
 					call := time.Now()
-					res, err := n.Append(actx, []byte(in.data), in.key)
+					var vals [][]byte
+					for _, d := range in.entries() {
+						vals = append(vals, []byte(d))
+					}
+					res, err := n.AppendBatch(actx, vals, in.key)
 					ret := time.Now()
 					acancel()
 					if errors.Is(err, ErrRecovering) || errors.Is(err, ErrDiscovering) || errors.Is(err, ErrNotMember) {
 						continue // refused before it was submitted: no effect to record
 					}
-					out := simOutput{index: int(res.Index), dup: res.Duplicate, unknown: err != nil}
+					out := simOutput{index: int(res.Index), last: int(res.Last), dup: res.Duplicate, unknown: err != nil}
 					hist.add(w, in, out, call, ret)
 					if err == nil {
 						acks.Add(1)
 						c.mu.Lock()
-						if prev, ok := c.acked[in.data]; ok && prev != res.Index {
-							t.Errorf("%s acknowledged at %d and at %d", in.data, prev, res.Index)
+						for j, d := range in.entries() {
+							if prev, ok := c.acked[d]; ok && prev != res.Index+Index(j) {
+								t.Errorf("%s acknowledged at %d and at %d", d, prev, res.Index+Index(j))
+							}
+							c.acked[d] = res.Index + Index(j)
 						}
-						c.acked[in.data] = res.Index
 						c.mu.Unlock()
 						break
 					}
@@ -609,6 +631,9 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 			stats.reads++
 		} else {
 			stats.appends++
+			if len(op.Input.(simInput).more) > 0 {
+				stats.batches++
+			}
 			if op.Output.(simOutput).unknown {
 				stats.unknown++
 			}
@@ -627,8 +652,8 @@ func runSchedule(t *testing.T, seed int64, steps int) simStats {
 	case porcupine.Unknown:
 		t.Logf("linearizability check timed out on %d operations", len(ops))
 	}
-	t.Logf("%d nodes, %d steps: %d ops (%d appends, %d unknown outcome, %d reads), faults %v",
-		size, steps, stats.ops, stats.appends, stats.unknown, stats.reads, stats.faults)
+	t.Logf("%d nodes, %d steps: %d ops (%d appends of which %d batches, %d unknown outcome, %d reads), faults %v",
+		size, steps, stats.ops, stats.appends, stats.batches, stats.unknown, stats.reads, stats.faults)
 	return stats
 }
 
@@ -667,6 +692,7 @@ func TestSimulation(t *testing.T) {
 			s := runSchedule(t, seed, steps)
 			total.ops += s.ops
 			total.appends += s.appends
+			total.batches += s.batches
 			total.reads += s.reads
 			total.unknown += s.unknown
 			for k, v := range s.faults {
@@ -678,8 +704,8 @@ func TestSimulation(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%d schedules: %d operations checked (%d appends, %d unknown outcome, %d linearizable reads); faults %v",
-		ran, total.ops, total.appends, total.unknown, total.reads, total.faults)
+	t.Logf("%d schedules: %d operations checked (%d appends of which %d batches, %d unknown outcome, %d linearizable reads); faults %v",
+		ran, total.ops, total.appends, total.batches, total.unknown, total.reads, total.faults)
 }
 
 // simReconfig makes one membership change through random live nodes,

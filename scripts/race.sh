@@ -17,6 +17,10 @@
 #   ROUNDS=2            runs per system per client count
 #   DURATION=10s        measured time of each run (after a 1s warmup)
 #   SIZE=100            bytes per value
+#   BATCH=1             entries per append request: a batch append on paxoslog
+#                       (application/x-ndjson), one txn of min(BATCH, 128) puts on
+#                       etcd (its default --max-txn-ops); the table then compares
+#                       entries per second
 #   PAXOSLOG_TARGETS=all   all: spread over the three nodes; leader: only the leader
 #   ETCD_TARGETS=leader    leader: only etcd's leader; all: spread over the three members
 #   PROCS=                 GOMAXPROCS for every server of both systems (empty: Go's
@@ -28,6 +32,7 @@ CLIENTS=${CLIENTS:-"1 16 64"}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10s}
 SIZE=${SIZE:-100}
+BATCH=${BATCH:-1}
 PAXOSLOG_TARGETS=${PAXOSLOG_TARGETS:-all}
 ETCD_TARGETS=${ETCD_TARGETS:-leader}
 PROCS=${PROCS:-}
@@ -41,6 +46,7 @@ die() {
 
 case $PAXOSLOG_TARGETS in all | leader) ;; *) die "PAXOSLOG_TARGETS must be all or leader, got '$PAXOSLOG_TARGETS'" ;; esac
 case $ETCD_TARGETS in all | leader) ;; *) die "ETCD_TARGETS must be all or leader, got '$ETCD_TARGETS'" ;; esac
+case $BATCH in [1-9] | [1-9][0-9] | [1-9][0-9][0-9] | [1-9][0-9][0-9][0-9] | 10000) ;; *) die "BATCH must be a number from 1 to 10000, got '$BATCH'" ;; esac
 case $PROCS in '' | [1-9] | [1-9][0-9]) ;; *) die "PROCS must be empty or a number from 1 to 99, got '$PROCS'" ;; esac
 # servers: the environment every etcd and paxoslog server starts with.
 servers=()
@@ -209,7 +215,7 @@ targets() {
 # field JSON NAME: a number from a bench --json result.
 field() { sed -nE "s/.*\"$2\":(-?[0-9.eE+]+).*/\1/p" <<<"$1"; }
 
-say "etcd $etcd_version ($ETCD_TARGETS) vs paxoslog ($PAXOSLOG_TARGETS): append, ${SIZE}-byte values, $DURATION per run, $ROUNDS rounds, clients: $CLIENTS${PROCS:+, GOMAXPROCS=$PROCS for every server}"
+say "etcd $etcd_version ($ETCD_TARGETS) vs paxoslog ($PAXOSLOG_TARGETS): append, ${SIZE}-byte values, $BATCH a request, $DURATION per run, $ROUNDS rounds, clients: $CLIENTS${PROCS:+, GOMAXPROCS=$PROCS for every server}"
 results=$tmp/results
 : >"$results"
 run=0
@@ -219,33 +225,34 @@ for c in $CLIENTS; do
 			run=$((run + 1))
 			t=$(targets "$system")
 			if ! out=$("$paxoslog" bench --system "$system" --targets "$t" --clients "$c" \
-				--duration "$DURATION" --warmup 1s --size "$SIZE" --json 2>"$tmp/bench-$run.log"); then
+				--duration "$DURATION" --warmup 1s --size "$SIZE" --batch "$BATCH" --json 2>"$tmp/bench-$run.log"); then
 				cat "$tmp/bench-$run.log" >&2
 				die "bench of $system with $c clients failed"
 			fi
-			ops=$(field "$out" ops_per_s)
+			ops=$(field "$out" entries_per_s)
 			p50=$(field "$out" p50_ms)
 			p99=$(field "$out" p99_ms)
 			errs=$(field "$out" errors)
 			[ -n "$ops" ] && [ -n "$p50" ] && [ -n "$p99" ] && [ -n "$errs" ] || die "could not read the bench result: $out"
-			say "$(printf '%-8s clients %-3s round %s: %9.1f ops/s  p50 %7.2f ms  p99 %7.2f ms  errors %s' \
+			say "$(printf '%-8s clients %-3s round %s: %9.1f entries/s  p50 %7.2f ms  p99 %7.2f ms  errors %s' \
 				"$system" "$c" "$round" "$ops" "$p50" "$p99" "$errs")"
 			echo "$c $system $ops $p50 $p99 $errs" >>"$results"
 		done
 	done
 done
 
-# One row per client count: means over the rounds; ratios are paxoslog/etcd.
+# One row per client count: means over the rounds (entries per second;
+# with BATCH=1 an append request is one entry); ratios are paxoslog/etcd.
 awk -v clients="$CLIENTS" '
 { k = $1 SUBSEP $2; n[k]++; ops[k] += $3; p50[k] += $4; p99[k] += $5; errs[$2] += $6 }
 END {
-	printf "%-8s %12s %9s %9s %14s %9s %9s %12s %10s\n", "clients", "etcd ops/s", "p50 ms", "p99 ms", "paxoslog ops/s", "p50 ms", "p99 ms", "ratio ops/s", "ratio p99"
+	printf "%-8s %14s %9s %9s %18s %9s %9s %16s %10s\n", "clients", "etcd entries/s", "p50 ms", "p99 ms", "paxoslog entries/s", "p50 ms", "p99 ms", "ratio entries/s", "ratio p99"
 	split(clients, cs, " ")
 	for (i = 1; i in cs; i++) {
 		c = cs[i]; e = c SUBSEP "etcd"; p = c SUBSEP "paxoslog"
 		eo = ops[e] / n[e]; e50 = p50[e] / n[e]; e99 = p99[e] / n[e]
 		po = ops[p] / n[p]; p50m = p50[p] / n[p]; p99m = p99[p] / n[p]
-		printf "%-8s %12.1f %9.2f %9.2f %14.1f %9.2f %9.2f %12.2f %10.2f\n", c, eo, e50, e99, po, p50m, p99m, (eo > 0 ? po / eo : 0), (e99 > 0 ? p99m / e99 : 0)
+		printf "%-8s %14.1f %9.2f %9.2f %18.1f %9.2f %9.2f %16.2f %10.2f\n", c, eo, e50, e99, po, p50m, p99m, (eo > 0 ? po / eo : 0), (e99 > 0 ? p99m / e99 : 0)
 	}
 	if (errs["etcd"] + errs["paxoslog"] > 0)
 		printf "errors: etcd %d, paxoslog %d (see the per-run lines above)\n", errs["etcd"], errs["paxoslog"]
