@@ -161,6 +161,7 @@ type Acceptor struct {
 	mu         sync.Mutex // protects the fields below
 	state      *acceptorState
 	sinceCheck int       // records written since the last checkpoint
+	bytesSince int       // and their bytes (checkpointBytes)
 	lastWrite  time.Time // when the last record was appended
 	sealed     uint64    // the last seal record written
 
@@ -219,6 +220,7 @@ func openAcceptor(dir string, onSync func(time.Duration), onDamage func(what str
 		}
 		a.state.replay(r)
 		a.sinceCheck++
+		a.bytesSince += len(p)
 	}
 	return a, nil
 }
@@ -243,11 +245,13 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 		_, last := a.journal.Bounds()
 		return last, nil
 	}
-	seq, err := a.journal.Append(rec.encode())
+	p := rec.encode()
+	seq, err := a.journal.Append(p)
 	if err != nil {
 		return 0, fmt.Errorf("acceptor: %w", err)
 	}
 	a.sinceCheck++
+	a.bytesSince += len(p)
 	a.lastWrite = time.Now()
 	return seq, nil
 }
@@ -364,7 +368,7 @@ func (a *Acceptor) compact(floor Slot, index Index) error {
 	rec := a.state.compact(floor, index)
 	seq, err := a.journal.Append(rec.encode())
 	if err == nil {
-		a.sinceCheck = 0
+		a.sinceCheck, a.bytesSince = 0, 0
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -394,7 +398,7 @@ func (a *Acceptor) install(promised Ballot, floor Slot, index Index, vals []Slot
 	rec := s.compact(floor, index)
 	seq, err := a.journal.Append(rec.encode())
 	if err == nil {
-		a.state, a.sinceCheck, a.lastWrite = s, 0, time.Now()
+		a.state, a.sinceCheck, a.bytesSince, a.lastWrite = s, 0, 0, time.Now()
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -412,7 +416,7 @@ func (a *Acceptor) install(promised Ballot, floor Slot, index Index, vals []Slot
 func (a *Acceptor) forget() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.state, a.sinceCheck, a.sealed = newAcceptorState(), 0, 0
+	a.state, a.sinceCheck, a.bytesSince, a.sealed = newAcceptorState(), 0, 0, 0
 	if err := a.journal.Reset(0, nil); err != nil {
 		return fmt.Errorf("acceptor: forget: %w", err)
 	}
@@ -490,9 +494,16 @@ func (a *Acceptor) sealNow() error {
 	return nil
 }
 
+// checkpointBytes: a checkpoint is also due once this many bytes of
+// records have built up, however few records they are. Until then the
+// accepted values stay in memory (they point into the messages that
+// brought them), so with batch appends a count of records alone would
+// let memory grow to CheckpointEvery whole slots.
+const checkpointBytes = 32 << 20
+
 // run returns the acceptor's background loop: it compacts the journal once
-// enough records have built up and the learner has stored more slots, and
-// seals it when it goes idle.
+// enough records (or bytes of them) have built up and the learner has
+// stored more slots, and seals it when it goes idle.
 func (a *Acceptor) run(n *Node) func(context.Context) {
 	return func(ctx context.Context) {
 		t := time.NewTicker(min(250*time.Millisecond, n.cfg.RetentionInterval))
@@ -509,7 +520,7 @@ func (a *Acceptor) run(n *Node) func(context.Context) {
 				return
 			}
 			a.mu.Lock()
-			due := a.sinceCheck >= n.cfg.CheckpointEvery
+			due := a.sinceCheck >= n.cfg.CheckpointEvery || a.bytesSince >= checkpointBytes
 			floor := a.state.floor
 			a.mu.Unlock()
 			if !due {

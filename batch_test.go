@@ -392,3 +392,70 @@ func TestFullSizeBatchesThroughAFollower(t *testing.T) {
 		}
 	}
 }
+
+// A dedup window of a few indices: batches straddle its edge, one is
+// longer than it, and a follower installs a prefix whose shipped dedup
+// records begin with continued ones. A key is remembered while its
+// batch's first index is in the window, alike on every node.
+func TestBatchesAtTheWindowEdge(t *testing.T) {
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
+		cfg.DedupWindow = 8
+		cfg.RetainEntries = 3
+		cfg.RetentionInterval = 20 * time.Millisecond
+		cfg.SegmentBytes = 4096
+		cfg.CheckpointEvery = 32
+	})
+	leader := c.leader(5 * time.Second)
+	lagging := leader%3 + 1
+	c.crash(lagging)
+	long, err := c.appendBatch(context.Background(), leader, batchData("long", 12), "long")
+	if err != nil || long.Last != long.Index+11 || long.Duplicate {
+		t.Fatalf("a batch longer than the window: %+v %v", long, err)
+	}
+	keys := map[string][2]Index{}
+	for i := 0; i < 30; i++ {
+		key := fmt.Sprintf("w%d", i)
+		a, err := c.appendBatch(context.Background(), leader, batchData(key, 5), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[key] = [2]Index{a.Index, a.Last}
+	}
+	waitFor(t, 10*time.Second, "both live nodes to compact", func() bool {
+		for _, id := range c.members {
+			if id == lagging {
+				continue
+			}
+			if first, last := c.node(id).learner.Bounds(); last-first+1 > 3 {
+				return false
+			}
+		}
+		return true
+	})
+	c.start(lagging)
+	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
+		_, l1 := c.node(leader).learner.Bounds()
+		_, l2 := c.node(lagging).learner.Bounds()
+		return l1 == l2
+	})
+	if v := scrape(t, c.node(lagging), "paxoslog_prefix_installs_total"); v < 1 {
+		t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
+	}
+	// The last batch's first index is 4 below the end: remembered. The
+	// one before starts 9 below: forgotten, so a retry appends it anew.
+	last := keys["w29"]
+	for _, id := range c.members {
+		if got, ok := remembered(c.node(id).learner, "w29"); !ok || got != last[0] {
+			t.Fatalf("node %d remembers w29 at %d %v, want %d", id, got, ok, last[0])
+		}
+		if got, ok := remembered(c.node(id).learner, "w28"); ok {
+			t.Fatalf("node %d remembers w28 at %d: its first index left the window", id, got)
+		}
+	}
+	c.retryBatches(lagging, map[string][2]Index{"w29": last})
+	again, err := c.appendBatch(context.Background(), lagging, batchData("w28-again", 2), "w28")
+	if err != nil || again.Duplicate || again.Index != last[1]+1 {
+		t.Fatalf("retry of a forgotten key: %+v %v, want new entries at %d", again, err, last[1]+1)
+	}
+	c.check()
+}

@@ -279,7 +279,8 @@ func TestCodecBatchTags(t *testing.T) {
 		fwd, _ := ForwardReq{From: 1, Entries: tc.es}.MarshalBinary()
 		cu, _ := CatchupResp{Values: vals}.MarshalBinary()
 		rec := (&acceptorRecord{Kind: "a", Values: vals}).encode()
-		for _, got := range [][]byte{acc, fwd, cu, rec} {
+		pr, _ := Promise{OK: true, Accepted: vals}.MarshalBinary()
+		for _, got := range [][]byte{acc, fwd, cu, rec, pr} {
 			if (got[0] >= 'a') != (tc.want >= 'a') {
 				t.Fatalf("%d entries: tag %q, want the case of %q", len(tc.es), got[0], tc.want)
 			}
@@ -301,7 +302,7 @@ func TestCodecBatchTags(t *testing.T) {
 	// A batch-layout entry must hold a value.
 	bad := []byte{batchTag(tagForward), 1, 1}
 	bad = append(bad, make([]byte, 16)...)
-	bad = append(bad, 0, 0) // no key, zero values
+	bad = append(bad, 0, 0, 1, '1') // no key, zero values, then what would be a value
 	var fwd ForwardReq
 	if err := fwd.UnmarshalBinary(bad); err == nil {
 		t.Fatalf("an entry with no values decoded: %+v", fwd)

@@ -222,7 +222,7 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 		holes = d.Holes
 		return true, nil
 	}
-	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg, OnTailDamage: onTail})
+	j, err := openJournal(dir, journalOptions{OnSync: onSync, SegmentSize: seg, OnTailDamage: onTail, SparseReads: true})
 	if err != nil {
 		return nil, err
 	}
@@ -599,6 +599,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		for i, e := range fresh {
 			l.last++
 			k := keys[i]
+			got := appliedEntry{index: l.last, last: l.last + Index(len(e.More)), id: e.ID}
 			l.remember(l.last, e.ID, k)
 			if l.n.onApply != nil {
 				l.n.onApply(l.last, e.Data)
@@ -610,9 +611,8 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 					l.n.onApply(l.last, d)
 				}
 			}
-			a := l.recent[k]
-			for _, w := range l.waiters[k] {
-				w.ch <- a.applied(w.id)
+			for _, w := range l.waiters[k] { // from got: a batch longer than the window is forgotten already
+				w.ch <- got.applied(w.id)
 			}
 			delete(l.waiters, k)
 		}
@@ -797,12 +797,25 @@ func (l *Learner) Range(from Index, limit int) ([]LogEntry, error) {
 		return nil, ErrCompacted
 	}
 	out := []LogEntry{}
-	for i := from; i <= last && len(out) < limit; i++ {
-		e, err := l.Get(i)
-		if err != nil {
-			return nil, err
+	for i := from; i <= last && len(out) < limit; {
+		ps, err := l.journal.ReadRun(uint64(i), int(min(Index(limit-len(out)), last-i+1)))
+		if err != nil { // Get tells damage, compaction meanwhile, ... apart
+			e, err := l.Get(i)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+			i++
+			continue
 		}
-		out = append(out, e)
+		for _, p := range ps {
+			rec, err := decodeLearnerRecord(p)
+			if err != nil {
+				return nil, fmt.Errorf("decode index %d: %w", i, err)
+			}
+			out = append(out, LogEntry{Index: i, Data: rec.Data})
+			i++
+		}
 	}
 	return out, nil
 }

@@ -144,7 +144,7 @@ func newMetrics(n *Node) *metrics {
 	})
 	dedupKeys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "paxoslog_dedup_identities",
-		Help: "Identities (Idempotency-Keys, or entry ids) in the dedup window: one per index of the last DedupWindow.",
+		Help: "Identities (Idempotency-Keys, or entry ids) in the dedup window: one per append (a batch append is one) whose first index is among the last DedupWindow.",
 	}, func() float64 {
 		if n.learner == nil {
 			return 0

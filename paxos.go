@@ -935,6 +935,9 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 				out, err = pr.MarshalBinary()
 				return out, nil, err
 			}
+			if err == nil && valuesHaveBatch(pr.Accepted) {
+				err = errBatchForOldBuild // it would drop the batch's later entries
+			}
 			resp = pr
 		}
 	case methodAccept:
@@ -961,6 +964,9 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			if err == nil && req.Binary {
 				out, err = r.MarshalBinary()
 				return out, nil, err
+			}
+			if err == nil && valuesHaveBatch(r.Values) {
+				err = errBatchForOldBuild
 			}
 			resp = r
 		}
@@ -1003,6 +1009,12 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 	out, err = json.Marshal(resp)
 	return out, then, err
 }
+
+// errBatchForOldBuild refuses a JSON reply that would carry a batch: a
+// build before batch appends asks for JSON, and would read a batch as
+// its first entry alone (the JSON form's "m" is unknown to it), losing
+// the rest. It fails loudly instead, until it is upgraded.
+var errBatchForOldBuild = errors.New("the reply holds a batch append, which this peer's build cannot read: upgrade it")
 
 // onPrepare handles phase 1a. A node that does not serve (it is blank,
 // or rebuilding a memory it lost) promises nothing (recovery.go).

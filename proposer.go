@@ -271,17 +271,22 @@ func (p *Proposer) flush(ctx context.Context) {
 		return
 	}
 	var batch []*pendingEntry
+	size := 0
+	to, b := p.leader, p.leaderBallot
 	for _, pe := range p.pending {
 		if pe.sentTo != p.leaderBallot && !pe.sending {
+			if n := entriesSize([]Entry{pe.entry}); len(batch) > 0 && size+n > maxAcceptBytes {
+				go p.forward(ctx, to, b, batch) // one forward stays well below maxPeerBody
+				batch, size = nil, 0
+			}
 			pe.sending = true
 			batch = append(batch, pe)
+			size += entriesSize([]Entry{pe.entry})
 		}
 	}
-	if len(batch) == 0 {
-		return
+	if len(batch) > 0 {
+		go p.forward(ctx, to, b, batch)
 	}
-	to, b := p.leader, p.leaderBallot
-	go p.forward(ctx, to, b, batch)
 }
 
 // forward hands entries to the leader of ballot b.
@@ -290,7 +295,9 @@ func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pe
 	for i, pe := range batch {
 		req.Entries[i] = pe.entry
 	}
-	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.ElectionTimeout)
+	// RequestTimeout, not ElectionTimeout: a forward of big batches may
+	// take longer than an election to arrive.
+	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.RequestTimeout)
 	defer cancel()
 	var resp ForwardResp
 	err := p.n.call(cctx, to, methodForward, req, &resp)
@@ -342,7 +349,8 @@ func (ls *leaderState) enqueue(entries []Entry) {
 
 // Bounds on one slot's value besides MaxBatch (in values: a batch counts
 // each). A slot takes at least one queued append, whatever its size, so
-// a batch is never split (the batch flags stay below maxSlotBytes).
+// a batch is never split (--max-batch-bytes allows up to 4*maxSlotBytes:
+// such a batch takes a slot alone).
 const (
 	maxSlotBytes  = 16 << 20
 	maxSlotValues = 1 << 16

@@ -72,6 +72,10 @@ type journalOptions struct {
 	// RewriteRecords fills it), and the segment is closed (a new, empty
 	// tail follows it) so that RewriteRecords can.
 	OnTailDamage func(tailDamage) (keep bool, err error)
+	// SparseReads reads records of closed segments through sparse
+	// indexes (segindex.go) instead of tidwall/wal's whole-segment loads:
+	// for a journal that serves random reads (the client log).
+	SparseReads bool
 }
 
 // journal wraps a tidwall/wal log with checksums, torn-tail repair, explicit
@@ -91,7 +95,11 @@ type journal struct {
 	// wrong record (found by the race detector under TestDiskBoundedUnderLoad:
 	// a catch-up read returned another index's slot, and a node put entries
 	// at shifted indices). Writes already exclude reads inside tidwall/wal.
+	// Every change to closed segments (truncations, rewrites, resets)
+	// takes it too, before mu, so that sparse indexes stay current.
 	readMu sync.Mutex
+	sparse segIndexes // guarded by readMu
+	warmMu sync.Mutex // one warmSparse at a time
 
 	mu       sync.Mutex // protects the fields below and serialises writes
 	base     uint64     // journal number = tidwall record number + base
@@ -165,6 +173,9 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 	if err := syncDir(dir); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open journal %s: sync dir: %w", dir, err)
+	}
+	if opts.SparseReads {
+		go j.warmSparse()
 	}
 	return j, nil
 }
@@ -573,6 +584,9 @@ func (j *journal) SyncTo(n uint64) error {
 				return j.fail(fmt.Errorf("sync dir: %w", err))
 			}
 			j.segCount, j.segBytes = count, tail
+			if j.opts.SparseReads {
+				go j.warmSparse() // index the segment that just closed
+			}
 		}
 	}
 	if j.opts.OnSync != nil {
@@ -623,6 +637,14 @@ func (j *journal) Read(n uint64) ([]byte, error) {
 		return nil, errNotFound
 	}
 	j.readMu.Lock()
+	if j.opts.SparseReads && n-base >= j.v2From.Load() {
+		if raws, ok := j.readClosed(n-base, 1); ok {
+			if p, _, good := j.openRecord(n-base, raws[0]); good {
+				j.readMu.Unlock()
+				return p, nil
+			}
+		} // not in a closed segment, or a check failed: tidwall/wal reads it and says what is wrong
+	}
 	raw, err := l.Read(n - base)
 	j.readMu.Unlock()
 	if err != nil {
@@ -639,6 +661,40 @@ func (j *journal) Read(n uint64) ([]byte, error) {
 		return nil, fmt.Errorf("read record %d in %s: %w", n, j.segmentOf(n), errJournalCorrupt)
 	}
 	return p, nil
+}
+
+// ReadRun returns the payloads of records n, n+1, ...: up to max of them,
+// fewer at the end of the journal or of a closed segment (a caller that
+// wants more asks again from where it ended). With SparseReads, a run in
+// a closed segment takes one read of the file; otherwise, or where a
+// record fails its check, it is Read's first record alone.
+func (j *journal) ReadRun(n uint64, max int) ([][]byte, error) {
+	j.mu.Lock()
+	base := j.base
+	j.mu.Unlock()
+	if j.opts.SparseReads && n > base && n-base >= j.v2From.Load() && max > 1 {
+		j.readMu.Lock()
+		raws, ok := j.readClosed(n-base, max)
+		j.readMu.Unlock()
+		if ok {
+			out := make([][]byte, 0, len(raws))
+			for k, raw := range raws {
+				p, _, good := j.openRecord(n-base+uint64(k), raw)
+				if !good {
+					break // Read says what is wrong with it
+				}
+				out = append(out, p)
+			}
+			if len(out) > 0 {
+				return out, nil
+			}
+		}
+	}
+	p, err := j.Read(n)
+	if err != nil {
+		return nil, err
+	}
+	return [][]byte{p}, nil
 }
 
 // errNotFound is returned by journal.Read for a record that is not stored.
@@ -670,6 +726,9 @@ func (j *journal) Bounds() (first, last uint64) {
 // open. The trash lives inside dir: tidwall/wal and segmentFiles skip
 // directories.
 func (j *journal) TruncateFront(n uint64) error {
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	j.sparse.invalidate()
 	j.mu.Lock()
 	if err := j.writableLocked(); err != nil {
 		j.mu.Unlock()
@@ -722,6 +781,9 @@ func (j *journal) trashSegmentsLocked(idx uint64) []string {
 
 // TruncateBack drops every record after n.
 func (j *journal) TruncateBack(n uint64) error {
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	j.sparse.invalidate()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.writableLocked(); err != nil {
@@ -896,13 +958,14 @@ func (j *journal) ScanClosed(s segmentInfo) ([]uint64, error) {
 func (j *journal) RewriteRecords(fix map[uint64][]byte) ([]string, error) {
 	j.syncMu.Lock() // a sync must not run on the log while it is reopened
 	defer j.syncMu.Unlock()
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	j.sparse.invalidate()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.writableLocked(); err != nil {
 		return nil, err
 	}
-	j.readMu.Lock()
-	defer j.readMu.Unlock()
 	segs, err := segmentFiles(j.dir)
 	if err != nil {
 		return nil, err
@@ -1022,6 +1085,9 @@ func (j *journal) Meta() []byte {
 // with none: states the learner treats like a compacted or an empty log
 // and repairs by catching up again.
 func (j *journal) Reset(base uint64, meta []byte) error {
+	j.readMu.Lock()
+	defer j.readMu.Unlock()
+	j.sparse.invalidate()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.writableLocked(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -491,11 +492,19 @@ func TestJournalKeepsGoodRecordsAfterDamage(t *testing.T) {
 // scan of the segment names it, and RewriteRecords puts a good copy back.
 func TestJournalCorruptRecord(t *testing.T) {
 	t.Parallel()
-	for _, what := range []string{"payload", "length", "zeroed"} {
-		t.Run(what, func(t *testing.T) {
+	for _, c := range []struct {
+		what   string
+		sparse bool
+	}{{"payload", false}, {"length", false}, {"zeroed", false}, {"payload", true}, {"length", true}, {"zeroed", true}} {
+		what := c.what
+		name := what
+		if c.sparse {
+			name += "/sparse reads"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			opts := journalOptions{SegmentSize: smallSegments}
+			opts := journalOptions{SegmentSize: smallSegments, SparseReads: c.sparse}
 			j := openTestJournal(t, dir, opts)
 			appendJournalRecords(t, j, 1, 40)
 			if err := j.Close(); err != nil {
@@ -877,4 +886,99 @@ func TestJournalRewriteKeepsOtherDamage(t *testing.T) {
 		t.Fatalf("rewrite %d: %v", b, err)
 	}
 	checkJournalRecords(t, j, 1, 40)
+}
+
+// TestJournalSparseReads: records of closed segments read through sparse
+// indexes (segindex.go) are the records written, concurrently, and stay
+// so across the changes that rewrite closed segments: truncations at
+// either end, rewrites with payloads of other sizes, and a reset.
+func TestJournalSparseReads(t *testing.T) {
+	seed := testSeed(t)
+	rng := rand.New(rand.NewSource(seed))
+	dir := t.TempDir()
+	j := openTestJournal(t, dir, journalOptions{SegmentSize: 4096, SparseReads: true})
+	want := map[uint64]string{}
+	const n = 3000
+	for i := uint64(1); i <= n; i++ {
+		want[i] = fmt.Sprintf("record %d %s", i, strings.Repeat("x", rng.Intn(40)))
+		if _, err := j.Append([]byte(want[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(what string, from, to uint64) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for r := 0; r < 4; r++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rr := rand.New(rand.NewSource(seed + int64(r)))
+				for k := 0; k < 2000; k++ {
+					i := from + uint64(rr.Int63n(int64(to-from+1)))
+					if p, err := j.Read(i); err != nil || string(p) != want[i] {
+						t.Errorf("%s: read %d = %q %v, want %q", what, i, p, err, want[i])
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		for k := 0; k < 200; k++ { // runs: consecutive records, at least one
+			i := from + uint64(rng.Int63n(int64(to-from+1)))
+			ps, err := j.ReadRun(i, 1+rng.Intn(300))
+			if err != nil || len(ps) == 0 {
+				t.Fatalf("%s: run from %d: %d records, %v", what, i, len(ps), err)
+			}
+			for m, p := range ps {
+				if string(p) != want[i+uint64(m)] {
+					t.Fatalf("%s: run from %d, record %d = %q, want %q", what, i, i+uint64(m), p, want[i+uint64(m)])
+				}
+			}
+		}
+		for _, i := range []uint64{from - 1, to + 1} {
+			if _, err := j.Read(i); !errors.Is(err, errNotFound) {
+				t.Errorf("%s: read %d outside %d..%d: %v, want errNotFound", what, i, from, to, err)
+			}
+		}
+	}
+	check("written", 1, n)
+	j.readMu.Lock()
+	indexed := len(j.sparse.index)
+	j.readMu.Unlock()
+	if segs := len(j.closedSegments()); indexed < segs/2 || segs < 10 {
+		t.Fatalf("%d of %d closed segments have a sparse index: the reads did not go through them", indexed, segs)
+	}
+	if err := j.TruncateFront(777); err != nil { // inside a segment: tidwall/wal writes it anew
+		t.Fatal(err)
+	}
+	check("after truncating the front", 777, n)
+	fix := map[uint64][]byte{}
+	for _, i := range []uint64{900, 1500, 2100} { // longer payloads: later offsets move
+		want[i] = fmt.Sprintf("rewritten %d %s", i, strings.Repeat("y", 100))
+		fix[i] = []byte(want[i])
+	}
+	if _, err := j.RewriteRecords(fix); err != nil {
+		t.Fatal(err)
+	}
+	check("after a rewrite", 777, n)
+	if err := j.TruncateBack(2500); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(2501); i <= 2600; i++ {
+		want[i] = fmt.Sprintf("again %d", i)
+		if _, err := j.Append([]byte(want[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after truncating the back and appending", 777, 2600)
+	if err := j.Reset(5000, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(5001); i <= 5400; i++ {
+		want[i] = fmt.Sprintf("reset %d", i)
+		if _, err := j.Append([]byte(want[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after a reset", 5001, 5400)
 }
