@@ -211,6 +211,34 @@ func (c *testCluster) appendBatch(ctx context.Context, id NodeID, vals []string,
 	return a, nil
 }
 
+// restartPastRetention waits until every node but lagging (which is
+// down) retains at most keep entries, starts lagging and waits until it
+// has caught up with leader, which must have taken a prefix install.
+func (c *testCluster) restartPastRetention(leader, lagging NodeID, keep Index) {
+	c.t.Helper()
+	waitFor(c.t, 10*time.Second, fmt.Sprintf("the live nodes to retain at most %d entries", keep), func() bool {
+		for _, id := range c.members {
+			if id == lagging {
+				continue
+			}
+			if first, last := c.node(id).learner.Bounds(); last-first+1 > keep {
+				return false
+			}
+		}
+		return true
+	})
+	c.start(lagging)
+	n := c.node(lagging)
+	waitFor(c.t, 10*time.Second, "the lagging node to catch up", func() bool {
+		_, l1 := c.node(leader).learner.Bounds()
+		_, l2 := n.learner.Bounds()
+		return l1 == l2
+	})
+	if v := scrape(c.t, n, "paxoslog_prefix_installs_total"); v < 1 {
+		c.t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
+	}
+}
+
 // retryBatches retries every keyed batch through via and fails unless
 // each answers the first and last its entries got, as a duplicate.
 func (c *testCluster) retryBatches(via NodeID, keys map[string][2]Index) {
@@ -282,27 +310,7 @@ func TestBatchKeysThroughPrefixInstall(t *testing.T) {
 	lagging := leader%3 + 1
 	c.crash(lagging)
 	keys := c.appendBatchKeys(leader, 60)
-	waitFor(t, 10*time.Second, "both live nodes to retain the last five entries", func() bool {
-		for _, id := range c.members {
-			if id == lagging {
-				continue
-			}
-			if first, last := c.node(id).learner.Bounds(); last-first+1 > 5 {
-				return false
-			}
-		}
-		return true
-	})
-	c.start(lagging)
-	n := c.node(lagging)
-	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
-		_, l1 := c.node(leader).learner.Bounds()
-		_, l2 := n.learner.Bounds()
-		return l1 == l2
-	})
-	if v := scrape(t, n, "paxoslog_prefix_installs_total"); v < 1 {
-		t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
-	}
+	c.restartPastRetention(leader, lagging, 5)
 	c.retryBatches(lagging, keys)
 	c.syncedThrough(lagging, keys["b59"][1])
 	c.crash(lagging)
@@ -421,26 +429,7 @@ func TestBatchesAtTheWindowEdge(t *testing.T) {
 		}
 		keys[key] = [2]Index{a.Index, a.Last}
 	}
-	waitFor(t, 10*time.Second, "both live nodes to compact", func() bool {
-		for _, id := range c.members {
-			if id == lagging {
-				continue
-			}
-			if first, last := c.node(id).learner.Bounds(); last-first+1 > 3 {
-				return false
-			}
-		}
-		return true
-	})
-	c.start(lagging)
-	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
-		_, l1 := c.node(leader).learner.Bounds()
-		_, l2 := c.node(lagging).learner.Bounds()
-		return l1 == l2
-	})
-	if v := scrape(t, c.node(lagging), "paxoslog_prefix_installs_total"); v < 1 {
-		t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
-	}
+	c.restartPastRetention(leader, lagging, 3)
 	// The last batch's first index is 4 below the end: remembered. The
 	// one before starts 9 below: forgotten, so a retry appends it anew.
 	last := keys["w29"]

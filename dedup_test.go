@@ -159,24 +159,7 @@ func TestFollowerDownPastRetentionKeepsKeys(t *testing.T) {
 	other := 6 - leader - lagging
 	c.crash(lagging)
 	keys := c.appendKeys(leader, 200)
-	waitFor(t, 10*time.Second, "both live nodes to retain the last five entries", func() bool {
-		for _, id := range []NodeID{leader, other} {
-			if first, last := c.node(id).learner.Bounds(); last-first+1 > 5 {
-				return false
-			}
-		}
-		return true
-	})
-	c.start(lagging)
-	n := c.node(lagging)
-	waitFor(t, 10*time.Second, "the lagging node to catch up", func() bool {
-		_, l1 := c.node(leader).learner.Bounds()
-		_, l2 := n.learner.Bounds()
-		return l1 == l2
-	})
-	if v := scrape(t, n, "paxoslog_prefix_installs_total"); v < 1 {
-		t.Fatalf("paxoslog_prefix_installs_total = %v on the lagging node, want an install", v)
-	}
+	c.restartPastRetention(leader, lagging, 5)
 	retry := func(via NodeID) {
 		t.Helper()
 		for i := 0; i < 200; i += 7 {
