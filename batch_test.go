@@ -300,12 +300,7 @@ func TestBatchKeysSurviveRestartAndLostDedup(t *testing.T) {
 // it lacked installs a prefix whose dedup records include continued ones:
 // batch keys keep both their indices there, through its restart.
 func TestBatchKeysThroughPrefixInstall(t *testing.T) {
-	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
-		cfg.RetainEntries = 5
-		cfg.RetentionInterval = 20 * time.Millisecond
-		cfg.SegmentBytes = 4096
-		cfg.CheckpointEvery = 32
-	})
+	c := newTestClusterWith(t, 3, testSeed(t), retainFew(5, nil))
 	leader := c.leader(5 * time.Second)
 	lagging := leader%3 + 1
 	c.crash(lagging)
@@ -406,13 +401,7 @@ func TestFullSizeBatchesThroughAFollower(t *testing.T) {
 // records begin with continued ones. A key is remembered while its
 // batch's first index is in the window, alike on every node.
 func TestBatchesAtTheWindowEdge(t *testing.T) {
-	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
-		cfg.DedupWindow = 8
-		cfg.RetainEntries = 3
-		cfg.RetentionInterval = 20 * time.Millisecond
-		cfg.SegmentBytes = 4096
-		cfg.CheckpointEvery = 32
-	})
+	c := newTestClusterWith(t, 3, testSeed(t), retainFew(3, func(cfg *Config) { cfg.DedupWindow = 8 }))
 	leader := c.leader(5 * time.Second)
 	lagging := leader%3 + 1
 	c.crash(lagging)

@@ -38,6 +38,20 @@ func (c *testCluster) appendKeys(via NodeID, n int) map[string]Index {
 	return keys
 }
 
+// retainFew is a config that retains keep entries, compacts often, in
+// small segments; more, if set, changes it further.
+func retainFew(keep int, more func(*Config)) func(*Config) {
+	return func(cfg *Config) {
+		cfg.RetainEntries = keep
+		cfg.RetentionInterval = 20 * time.Millisecond
+		cfg.SegmentBytes = 4096
+		cfg.CheckpointEvery = 32
+		if more != nil {
+			more(cfg)
+		}
+	}
+}
+
 // applyKeyed applies slots 1..n, slot s holding one entry with key ks.
 func applyKeyed(n *Node, count int) {
 	for s := 1; s <= count; s++ {
@@ -148,12 +162,7 @@ func TestCompactToAHandfulUnderLoad(t *testing.T) {
 // held are recognised through it, after a power cut too, and it then
 // carries its share of a majority.
 func TestFollowerDownPastRetentionKeepsKeys(t *testing.T) {
-	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) {
-		cfg.RetainEntries = 5
-		cfg.RetentionInterval = 20 * time.Millisecond
-		cfg.SegmentBytes = 4096
-		cfg.CheckpointEvery = 32
-	})
+	c := newTestClusterWith(t, 3, testSeed(t), retainFew(5, nil))
 	leader := c.leader(5 * time.Second)
 	lagging := leader%3 + 1
 	other := 6 - leader - lagging
