@@ -131,11 +131,51 @@ func rssBytes() int64 {
 	return pages * int64(os.Getpagesize())
 }
 
+// peakRSS samples the process's resident memory every 10 ms until stop
+// is closed, and returns the most it saw. It first resets the kernel's
+// high-water mark (VmHWM) where it can, so that hwmBytes then tells the
+// peak since, between samples too.
+func peakRSS(stop <-chan struct{}) <-chan int64 {
+	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) // best effort: resets VmHWM
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			peak = max(peak, rssBytes())
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return out
+}
+
+// hwmBytes is the process's VmHWM (0 if unknown).
+func hwmBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // BenchmarkMillionEntries fills a node's log with 1,000,000 entries of
-// about 100 bytes, then reports the process's resident memory, the time a
-// restart takes until the node serves (reads) again, and the time to read
-// an old index after the restart. Each op is one whole fill and restart:
-// run it with -benchtime 1x.
+// about 100 bytes, reporting the process's resident memory at its peak
+// while it fills (sampled, and the kernel's high-water mark) and after,
+// then the time a restart takes until the node serves (reads) again, and
+// the time to read an old index after the restart. Each op is one whole
+// fill and restart: run it with -benchtime 1x.
 func BenchmarkMillionEntries(b *testing.B) {
 	const total, per = 1_000_000, 1000
 	for it := 0; it < b.N; it++ {
@@ -144,9 +184,14 @@ func BenchmarkMillionEntries(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		stop := make(chan struct{})
+		peak := peakRSS(stop)
 		for s := 0; s < total/per; s++ {
 			n.learner.chosen(SlotValue{Slot: Slot(s + 1), Value: batchValue(Slot(s+1), per, 100)})
 		}
+		close(stop)
+		b.ReportMetric(float64(<-peak)/(1<<20), "rss-MB-peak-filling")
+		b.ReportMetric(float64(hwmBytes())/(1<<20), "hwm-MB")
 		debug.FreeOSMemory()
 		b.ReportMetric(float64(rssBytes())/(1<<20), "rss-MB-full")
 		n.Close()

@@ -123,7 +123,7 @@ type journal struct {
 // durable first (see tailDamage).
 func openJournal(dir string, opts journalOptions) (*journal, error) {
 	if opts.SegmentSize <= 0 {
-		opts.SegmentSize = 16 << 20
+		opts.SegmentSize = 4 << 20
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
@@ -182,10 +182,15 @@ func openJournal(dir string, opts journalOptions) (*journal, error) {
 
 func (j *journal) walOptions() *wal.Options {
 	return &wal.Options{
-		NoSync:           true, // we sync explicitly, once per batch
-		SegmentSize:      j.opts.SegmentSize,
-		LogFormat:        wal.Binary,
-		SegmentCacheSize: 2,
+		NoSync:      true, // we sync explicitly, once per batch
+		SegmentSize: j.opts.SegmentSize,
+		LogFormat:   wal.Binary,
+		// Memory: tidwall/wal holds the tail segment (growing to
+		// SegmentSize, with up to a quarter more of slack) and this
+		// many closed ones in memory. One: the client log's reads of
+		// closed segments go through sparse indexes (segindex.go); the
+		// other journals read old segments only as they open.
+		SegmentCacheSize: 1,
 		AllowEmpty:       true,
 		DirPerms:         0o750,
 		FilePerms:        0o640,
