@@ -295,9 +295,14 @@ func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pe
 	for i, pe := range batch {
 		req.Entries[i] = pe.entry
 	}
-	// RequestTimeout, not ElectionTimeout: a forward of big batches may
-	// take longer than an election to arrive.
-	cctx, cancel := context.WithTimeout(ctx, p.n.cfg.RequestTimeout)
+	// ElectionTimeout: a forward to a leader that went away is given up
+	// soon, and its entries go to the next one. A forward of megabytes
+	// (big batches) may take longer than that to arrive: RequestTimeout.
+	timeout := p.n.cfg.ElectionTimeout
+	if entriesSize(req.Entries) > 1<<20 {
+		timeout = max(timeout, p.n.cfg.RequestTimeout)
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var resp ForwardResp
 	err := p.n.call(cctx, to, methodForward, req, &resp)
