@@ -28,6 +28,7 @@ func TestSplitBatch(t *testing.T) {
 		{"spaces around a value", "  {\"a\" : 1}  \n", []string{`{"a" : 1}`}, 0, ""},
 		{"bad line", "1\n\n{\"a\":\n3", nil, 400, "line 3 "},
 		{"two values on a line", "1\n2 3\n", nil, 400, "line 2 "},
+		{"a form feed after a value", "1\n2\f\n", nil, 400, "line 2 "},
 		{"empty", "", nil, 400, "empty"},
 		{"only blank lines", "\n\r\n \n", nil, 400, "empty"},
 		{"too many entries", "1\n2\n3\n4\n", nil, 413, "line 4: a batch holds at most 3"},

@@ -198,6 +198,7 @@ func TestHTTPEndToEnd(t *testing.T) {
 		{"empty body", "POST", "/v1/log", "", nil, 400},
 		{"invalid json", "POST", "/v1/log", `{"a":`, nil, 400},
 		{"two values", "POST", "/v1/log", `1 2`, nil, 400},
+		{"no-break space after the value", "POST", "/v1/log", "1\u00a0", nil, 400},
 		{"too large", "POST", "/v1/log", `"` + strings.Repeat("x", 1<<20) + `"`, nil, 413},
 		{"status", "GET", "/v1/status", "", nil, 200},
 		{"healthz", "GET", "/healthz", "", nil, 200},

@@ -182,6 +182,11 @@ func readBody(c echo.Context, limit int) ([]byte, error) {
 	return body, nil
 }
 
+// jsonSpace is the whitespace JSON allows around a value (RFC 8259); any
+// other character there (a form feed, a no-break space) makes the body
+// not exactly one JSON value.
+const jsonSpace = " \t\r\n"
+
 // isNDJSON reports whether a Content-Type names a batch:
 // application/x-ndjson, with or without parameters.
 func isNDJSON(contentType string) bool {
@@ -198,7 +203,7 @@ func (s *server) appendEntry(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	body = bytes.TrimSpace(body)
+	body = bytes.Trim(body, jsonSpace)
 	if len(body) == 0 {
 		return badRequest("body is empty: send exactly one JSON value")
 	}
@@ -275,7 +280,7 @@ func splitBatch(body []byte, maxEntries, maxEntryBytes int) ([][]byte, error) {
 		} else {
 			v, body = body, nil
 		}
-		v = bytes.TrimSpace(v)
+		v = bytes.Trim(v, jsonSpace)
 		if len(v) == 0 {
 			continue
 		}

@@ -263,6 +263,17 @@ func damageRecord(t *testing.T, dir, sub string, k int) {
 // qualified.
 func damageSyncedRecord(t *testing.T, dir string, any bool, rng interface{ Intn(int) int }) string {
 	t.Helper()
+	return damageSyncedRecordFrom(t, dir, any, 0, rng)
+}
+
+// damageSyncedRecordFrom is damageSyncedRecord among the records numbered
+// from on (journal numbers: client log indices for the client log).
+func damageSyncedRecordFrom(t *testing.T, dir string, any bool, from uint64, rng interface{ Intn(int) int }) string {
+	t.Helper()
+	j := &journal{dir: dir}
+	if err := j.loadBase(); err != nil {
+		t.Fatal(err)
+	}
 	segs, err := segmentFiles(dir)
 	if err != nil || len(segs) == 0 {
 		return ""
@@ -293,7 +304,7 @@ func damageSyncedRecord(t *testing.T, dir string, any bool, rng interface{ Intn(
 	var cands []rec
 	var covered uint64
 	for i := len(recs) - 1; i >= 0; i-- {
-		if any || recs[i].pos <= covered {
+		if (any || recs[i].pos <= covered) && recs[i].pos+j.base >= from {
 			cands = append(cands, recs[i])
 		}
 		covered = max(covered, recs[i].synced)
