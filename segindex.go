@@ -47,11 +47,15 @@ type segIndexes struct {
 	segs  []segmentInfo // closed segments, oldest first, as last listed
 	index map[uint64]*segIndex
 	gen   uint64 // counts invalidations: an index built before one is not stored
+	// listed: segs is current as of listedAt appended bytes; a segment
+	// can close only once about a segment's worth more is appended.
+	listed   bool
+	listedAt uint64
 }
 
 // invalidate forgets everything: closed segments changed. readMu held.
 func (s *segIndexes) invalidate() {
-	s.segs, s.index = nil, nil
+	s.segs, s.index, s.listed = nil, nil, false
 	s.gen++
 }
 
@@ -137,7 +141,14 @@ func (j *journal) readClosed(pos uint64, count int) (raws [][]byte, ok bool) {
 	}
 	seg := find()
 	if seg == nil {
-		s.segs = j.closedSegments() // new segments closed since the last listing
+		// Listed again (a directory read) only once a quarter segment
+		// more was appended: a segment closed since is still in
+		// tidwall/wal's cache, which serves it meanwhile.
+		now := j.appended.Load()
+		if s.listed && now-s.listedAt < uint64(j.opts.SegmentSize/4) {
+			return nil, false
+		}
+		s.segs, s.listed, s.listedAt = j.closedSegments(), true, now
 		if seg = find(); seg == nil {
 			return nil, false // the tail segment's: tidwall/wal holds it in memory
 		}

@@ -97,9 +97,10 @@ type journal struct {
 	// at shifted indices). Writes already exclude reads inside tidwall/wal.
 	// Every change to closed segments (truncations, rewrites, resets)
 	// takes it too, before mu, so that sparse indexes stay current.
-	readMu sync.Mutex
-	sparse segIndexes // guarded by readMu
-	warmMu sync.Mutex // one warmSparse at a time
+	readMu   sync.Mutex
+	sparse   segIndexes    // guarded by readMu
+	appended atomic.Uint64 // payload bytes appended: when to list closed segments again
+	warmMu   sync.Mutex    // one warmSparse at a time
 
 	mu       sync.Mutex // protects the fields below and serialises writes
 	base     uint64     // journal number = tidwall record number + base
@@ -532,6 +533,7 @@ func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 	}
 	j.batch.Clear()
 	for i, p := range payloads {
+		j.appended.Add(uint64(len(p)))
 		j.sealBuf = appendRecord(j.sealBuf[:0], last+uint64(i)+1, j.synced, p)
 		j.segBytes += len(j.sealBuf) + binary.MaxVarintLen32
 		j.batch.Write(last+uint64(i)+1, j.sealBuf)
@@ -632,21 +634,25 @@ func (j *journal) fail(err error) error {
 // Read returns the payload of record n. It returns wal.ErrNotFound both
 // below First and past Last; callers compare with those to tell which.
 func (j *journal) Read(n uint64) ([]byte, error) {
+	// readMu before the log and base are read: a Reset (which holds
+	// readMu) cannot then change the numbering under this read.
+	j.readMu.Lock()
 	j.mu.Lock()
 	l, base := j.log, j.base
 	j.mu.Unlock()
 	if l == nil {
+		j.readMu.Unlock()
 		return nil, errJournalClosed
 	}
 	if n <= base {
+		j.readMu.Unlock()
 		return nil, errNotFound
 	}
-	j.readMu.Lock()
 	if j.opts.SparseReads && n-base >= j.v2From.Load() {
 		if raws, ok := j.readClosed(n-base, 1); ok {
 			if p, _, good := j.openRecord(n-base, raws[0]); good {
 				j.readMu.Unlock()
-				return p, nil
+				return bytes.Clone(p), nil // not the whole block it was read with
 			}
 		} // not in a closed segment, or a check failed: tidwall/wal reads it and says what is wrong
 	}
@@ -674,12 +680,16 @@ func (j *journal) Read(n uint64) ([]byte, error) {
 // a closed segment takes one read of the file; otherwise, or where a
 // record fails its check, it is Read's first record alone.
 func (j *journal) ReadRun(n uint64, max int) ([][]byte, error) {
-	j.mu.Lock()
-	base := j.base
-	j.mu.Unlock()
-	if j.opts.SparseReads && n > base && n-base >= j.v2From.Load() && max > 1 {
-		j.readMu.Lock()
-		raws, ok := j.readClosed(n-base, max)
+	if j.opts.SparseReads && max > 1 {
+		j.readMu.Lock() // before base, as in Read
+		j.mu.Lock()
+		open, base := j.log != nil, j.base
+		j.mu.Unlock()
+		var raws [][]byte
+		ok := false
+		if open && n > base && n-base >= j.v2From.Load() {
+			raws, ok = j.readClosed(n-base, max)
+		}
 		j.readMu.Unlock()
 		if ok {
 			out := make([][]byte, 0, len(raws))
