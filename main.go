@@ -49,6 +49,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bench" {
 		return benchMain(ctx, args[1:], os.Stdout, stderr)
 	}
+	if len(args) > 0 && cliCommands[args[0]] != nil {
+		return cliMain(ctx, args[0], args[1:], os.Stdin, os.Stdout, stderr)
+	}
 	opts, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -92,6 +95,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	tlsCA := fs.String("tls-ca", "", "PEM bundle of the CA(s) that sign every member's certificate: peers verify each other (mutual TLS)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "usage: paxoslog %-40s %s\n", "[flags]", "run a node (flags below)")
+			for _, name := range cliCommandNames {
+				fmt.Fprintf(stderr, "       paxoslog %-40s %s\n", cliCommands[name].usage, firstClause(cliCommands[name].summary))
+			}
+			fmt.Fprintf(stderr, "       paxoslog %-40s %s\n\npaxoslog COMMAND --help tells more.\n\nflags of a node:\n", "bench [flags]", "the load tool")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return nil, err
