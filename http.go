@@ -83,6 +83,7 @@ func newHandler(n *Node, o handlerOptions) *echo.Echo {
 
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
+	addUI(e)
 
 	v1 := e.Group("/v1")
 	v1.POST("/log", s.appendEntry)
