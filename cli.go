@@ -287,6 +287,10 @@ func (e *cliEnv) call(req request) (r *cliReply, retried bool, err error) {
 			return nil, retried, replyError(r)
 		case err == nil:
 			last = replyError(r)
+		case certificateError(err):
+			// Another endpoint of the same cluster has a certificate
+			// from the same CA: no retry will verify.
+			return nil, retried, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, err)
 		case last == nil || !errors.Is(err, context.DeadlineExceeded):
 			// (a try cut short by the deadline says less than the one before)
 			last = fmt.Errorf("%s: %w", endpoint, err)
@@ -327,6 +331,13 @@ func (e *cliEnv) once(deadline time.Time, endpoint string, req request) (*cliRep
 		return nil, err
 	}
 	return &cliReply{endpoint: endpoint, code: resp.StatusCode, body: body}, nil
+}
+
+// certificateError says whether err is a server certificate that did
+// not verify.
+func certificateError(err error) bool {
+	var ve *tls.CertificateVerificationError
+	return errors.As(err, &ve)
 }
 
 // cleanURLError drops net/http's "Post \"url\": " prefix: the endpoint
@@ -598,6 +609,8 @@ func (e *cliEnv) openFeed(path string) (*http.Response, error) {
 				return nil, replyError(r)
 			}
 			last = replyError(r)
+		case certificateError(err):
+			return nil, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, cleanURLError(err))
 		default:
 			last = fmt.Errorf("%s: %w", endpoint, cleanURLError(err))
 		}

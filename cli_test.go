@@ -236,3 +236,21 @@ func TestMainRunsCLI(t *testing.T) {
 		t.Errorf("--help does not list the commands:\n%s", stderr.String())
 	}
 }
+
+// TestCLIOverTLS: with --tls-ca the client trusts the nodes' CA; without
+// it the system roots refuse their certificates, and it says so.
+func TestCLIOverTLS(t *testing.T) {
+	t.Parallel()
+	tc := startTLSCluster(t, 1, "")
+	ep := "--endpoints=" + tc.urls[1]
+	if got := mustCLI(t, "", "append", ep, "--tls-ca", tc.ca.file, `"over tls"`); got != "1\n" {
+		t.Errorf("append over TLS printed %q", got)
+	}
+	r := runCLI(t, "", "get", "1", ep, "--timeout", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
+		t.Errorf("without --tls-ca: %+v, want exit 1 naming the certificate", r)
+	}
+	if r := runCLI(t, "", "get", "1", ep, "--tls-ca", "/nonexistent/ca.pem"); r.code != 2 || !strings.Contains(r.stderr, "--tls-ca /nonexistent/ca.pem: cannot read it") {
+		t.Errorf("unreadable --tls-ca: %+v", r)
+	}
+}
