@@ -62,6 +62,11 @@ func TestDocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the doc examples start real processes")
 	}
+	for _, tool := range []string{"curl", "openssl", "sh"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the docs' examples need %s on PATH (Debian: apt-get install %s)", tool, tool)
+		}
+	}
 	bin := buildBinary(t)
 	binDir := t.TempDir()
 	if err := os.Symlink(bin, filepath.Join(binDir, "paxoslog")); err != nil {
