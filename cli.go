@@ -269,11 +269,11 @@ type request struct {
 // call sends req to the endpoints in turn, starting with the last one
 // that answered, until one gives an answer that is not retryable, or
 // until --timeout has passed since the first try. A 2xx answer is
-// returned; anything else is an error. retried reports whether an
-// earlier try may have been carried out by a node without its answer
-// reaching us (a lost connection or a 503/504): an append or a
-// membership change may then have been made already.
-func (e *cliEnv) call(req request) (r *cliReply, retried bool, err error) {
+// returned; anything else is an error. unsure reports whether an
+// earlier try may have been carried out without its answer reaching us
+// (see mayHaveHappened): an append or a membership change may then have
+// been made already.
+func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
 	deadline := time.Now().Add(e.timeout)
 	backoff := 50 * time.Millisecond
 	var last error
@@ -282,32 +282,47 @@ func (e *cliEnv) call(req request) (r *cliReply, retried bool, err error) {
 		r, err := e.once(deadline, endpoint, req)
 		switch {
 		case err == nil && r.code < 300:
-			return r, retried, nil
+			return r, unsure, nil
 		case err == nil && !retryable(r.code):
-			return nil, retried, replyError(r)
+			return nil, unsure, replyError(r)
 		case err == nil:
 			last = replyError(r)
 		case certificateError(err):
 			// Another endpoint of the same cluster has a certificate
 			// from the same CA: no retry will verify.
-			return nil, retried, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, err)
+			return nil, unsure, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, err)
 		case last == nil || !errors.Is(err, context.DeadlineExceeded):
 			// (a try cut short by the deadline says less than the one before)
 			last = fmt.Errorf("%s: %w", endpoint, err)
 		}
+		unsure = unsure || mayHaveHappened(r, err)
 		if e.ctx.Err() != nil {
-			return nil, retried, e.ctx.Err()
+			return nil, unsure, e.ctx.Err()
 		}
-		retried = true
 		e.next = (e.next + 1) % len(e.endpoints)
 		if time.Now().After(deadline) {
-			return nil, retried, fmt.Errorf("no endpoint answered within --timeout %v; the last said: %w", e.timeout, last)
+			return nil, unsure, fmt.Errorf("no endpoint answered within --timeout %v; the last said: %w", e.timeout, last)
 		}
 		if e.next == 0 || len(e.endpoints) == 1 { // a whole round failed: wait a little
 			pause(e.ctx, min(backoff, time.Until(deadline)))
 			backoff = min(2*backoff, time.Second)
 		}
 	}
+}
+
+// mayHaveHappened says whether a failed try may have been carried out
+// all the same: the request may have reached a node (a connection lost
+// after it was made, a try cut short), or a node says it waited for a
+// majority in vain (ErrNoQuorum, or a gateway's 504), when the entry or
+// change may still be chosen. A refused connection, and a 503 for any
+// other reason (no leader, recovering, not a member), did nothing.
+func mayHaveHappened(r *cliReply, err error) bool {
+	if err != nil {
+		var op *net.OpError
+		return !(errors.As(err, &op) && op.Op == "dial")
+	}
+	return r.code == http.StatusGatewayTimeout ||
+		(r.code == http.StatusServiceUnavailable && gjson.GetBytes(r.body, "error").Str == ErrNoQuorum.Error())
 }
 
 // once is one try at one endpoint.
@@ -737,10 +752,11 @@ func dashIfEmpty(s string) string {
 // cliMembers: GET /v1/members; members add ID URL: POST
 // /v1/admin/members; members remove ID: DELETE /v1/admin/members/ID.
 //
-// A change that went unanswered (a lost connection, a 503) may have been
-// made all the same; its retry then answers 409 (add) or 404 (remove).
-// Only after such a try does the command look at the membership: if the
-// change is there, it was ours, and the command succeeds.
+// A change that went unanswered (a lost connection, a 503 for want of a
+// majority) may have been made all the same; its retry then answers 409
+// (add) or 404 (remove). Only after such a try does the command look at
+// the membership: if the change is there now and was not before the
+// command began, it was ours, and the command succeeds.
 func cliMembers(e *cliEnv, args []string) error {
 	var req request
 	var check func(members gjson.Result) bool // after an unanswered try: is the change made?
@@ -781,9 +797,17 @@ func cliMembers(e *cliEnv, args []string) error {
 			req.header.Set("Content-Type", "application/json")
 		}
 	}
-	r, retried, err := e.call(req)
+	// madeBefore: the change was there before this command (a true 409
+	// or 404), as far as the first endpoint to answer knows.
+	madeBefore := true
+	if check != nil {
+		if m, _, err := e.call(request{method: http.MethodGet, path: "/v1/members"}); err == nil {
+			madeBefore = check(gjson.ParseBytes(m.body))
+		}
+	}
+	r, unsure, err := e.call(req)
 	var he *cliHTTPError
-	if err != nil && retried && errors.As(err, &he) && (he.code == http.StatusConflict || he.code == http.StatusNotFound) {
+	if err != nil && unsure && !madeBefore && errors.As(err, &he) && (he.code == http.StatusConflict || he.code == http.StatusNotFound) {
 		if m, _, merr := e.call(request{method: http.MethodGet, path: "/v1/members"}); merr == nil && check(gjson.ParseBytes(m.body)) {
 			r, err = m, nil
 		}

@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -252,5 +256,48 @@ func TestCLIOverTLS(t *testing.T) {
 	}
 	if r := runCLI(t, "", "get", "1", ep, "--tls-ca", "/nonexistent/ca.pem"); r.code != 2 || !strings.Contains(r.stderr, "--tls-ca /nonexistent/ca.pem: cannot read it") {
 		t.Errorf("unreadable --tls-ca: %+v", r)
+	}
+}
+
+// TestCLIMembersAfterLostAnswer: a fake node makes the change, then
+// drops the connection without answering; the retry gets 409. The
+// command sees the change in the membership, which it was not in before,
+// and succeeds. A 409 for a member that was there before stays an error.
+func TestCLIMembersAfterLostAnswer(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	members := `{"members":[{"id":1,"url":"http://127.0.0.1:7071","voter":true}],"leader":1}`
+	posts := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/members":
+			io.WriteString(w, members)
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/admin/members":
+			posts++
+			if posts == 1 { // made, but the answer is lost
+				members = `{"members":[{"id":1,"url":"http://127.0.0.1:7071","voter":true},{"id":4,"url":"http://127.0.0.1:7074","voter":false}],"leader":1}`
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close()
+				return
+			}
+			w.WriteHeader(http.StatusConflict)
+			io.WriteString(w, `{"error":"node 4 is a member already"}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	out := mustCLI(t, "", "members", "add", "4", "http://127.0.0.1:7074", "--endpoints", srv.URL, "--cluster-key", "k")
+	mu.Lock()
+	n := posts
+	mu.Unlock()
+	if !strings.Contains(out, "4   http://127.0.0.1:7074  false") || n != 2 {
+		t.Errorf("after a lost answer and a 409: %d posts, printed\n%s", n, out)
+	}
+	r := runCLI(t, "", "members", "add", "4", "http://127.0.0.1:7074", "--endpoints", srv.URL, "--cluster-key", "k")
+	if r.code != 1 || !strings.Contains(r.stderr, "409 Conflict: node 4 is a member already") {
+		t.Errorf("adding a member that was one before: %+v, want the 409", r)
 	}
 }
