@@ -81,7 +81,16 @@ type cliEnv struct {
 	f              cliFlags
 	// next is the endpoint tried first: the last one that answered.
 	next int
+	// deadline, when set, bounds every call of the command together
+	// (members: the look before, the change, the look after).
+	deadline time.Time
 }
+
+// tryLimit bounds one try at one endpoint: a node that takes the
+// connection but does not answer (stopped, overloaded, cut off) costs
+// this much, and the next endpoint is tried. It is above a node's
+// default --request-timeout (5s), after which a node answers 503 itself.
+var tryLimit = 10 * time.Second // a variable for the tests
 
 // cliMain runs command name with args; it returns the exit status.
 func cliMain(ctx context.Context, name string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -140,12 +149,36 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		if len(rest) == 0 {
 			return pos, nil
 		}
-		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+		if endedFlags(fs, args[:len(args)-len(rest)]) {
 			return append(pos, rest...), nil
 		}
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// endedFlags says whether fs.Parse, having consumed these arguments,
+// stopped at a "--" of its own rather than at a flag's value "--"
+// (`--key -- VALUE`).
+func endedFlags(fs *flag.FlagSet, consumed []string) bool {
+	n := len(consumed)
+	if n == 0 || consumed[n-1] != "--" {
+		return false
+	}
+	if n == 1 {
+		return true
+	}
+	prev := consumed[n-2]
+	name := strings.TrimLeft(prev, "-")
+	if !strings.HasPrefix(prev, "-") || strings.Contains(name, "=") || name == "" {
+		return true
+	}
+	f := fs.Lookup(name)
+	if f == nil {
+		return true
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag() // a bool flag takes no value: this "--" ended the flags
 }
 
 // setup checks the common flags and builds the HTTP client.
@@ -274,7 +307,10 @@ type request struct {
 // (see mayHaveHappened): an append or a membership change may then have
 // been made already.
 func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
-	deadline := time.Now().Add(e.timeout)
+	deadline := e.deadline
+	if deadline.IsZero() {
+		deadline = time.Now().Add(e.timeout)
+	}
 	backoff := 50 * time.Millisecond
 	var last error
 	for tries := 0; ; tries++ {
@@ -310,24 +346,33 @@ func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
 	}
 }
 
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // mayHaveHappened says whether a failed try may have been carried out
 // all the same: the request may have reached a node (a connection lost
 // after it was made, a try cut short), or a node says it waited for a
-// majority in vain (ErrNoQuorum, or a gateway's 504), when the entry or
-// change may still be chosen. A refused connection, and a 503 for any
-// other reason (no leader, recovering, not a member), did nothing.
+// majority in vain (ErrNoQuorum, or a gateway's 504) or stopped while it
+// waited (ErrStopped), when the entry or change may still be chosen. A
+// refused connection, and a 503 for any other reason (no leader,
+// recovering, not a member), did nothing.
 func mayHaveHappened(r *cliReply, err error) bool {
 	if err != nil {
 		var op *net.OpError
 		return !(errors.As(err, &op) && op.Op == "dial")
 	}
-	return r.code == http.StatusGatewayTimeout ||
-		(r.code == http.StatusServiceUnavailable && gjson.GetBytes(r.body, "error").Str == ErrNoQuorum.Error())
+	msg := gjson.GetBytes(r.body, "error").Str
+	return r.code == http.StatusGatewayTimeout || (r.code == http.StatusServiceUnavailable &&
+		(strings.HasPrefix(msg, ErrNoQuorum.Error()) || strings.HasPrefix(msg, ErrStopped.Error())))
 }
 
 // once is one try at one endpoint.
 func (e *cliEnv) once(deadline time.Time, endpoint string, req request) (*cliReply, error) {
-	ctx, cancel := context.WithDeadline(e.ctx, deadline)
+	ctx, cancel := context.WithDeadline(e.ctx, minTime(deadline, time.Now().Add(tryLimit)))
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, req.method, endpoint+req.path, bytes.NewReader(req.body))
 	if err != nil {
@@ -548,16 +593,26 @@ func tailFlags(fs *flag.FlagSet, f *cliFlags) {
 	fs.IntVar(&f.count, "count", 0, "stop after printing this many entries (0: follow until interrupted)")
 }
 
-// cliTail follows GET /v1/feed. When the stream breaks or the node ends
-// it (a shutdown), it opens the feed again from the entry after the last
-// one printed, on the next endpoint: no entry is printed twice or
-// skipped. It gives up once no endpoint has answered for --timeout.
+// feedSilence is how long tail waits without a byte before it takes the
+// feed for dead: the SSE feed sends a ping every 15 s while idle, so a
+// node that was cut off, or a connection that died without a reset, is
+// left after this long.
+var feedSilence = 45 * time.Second // a variable for the tests
+
+// cliTail follows GET /v1/feed as SSE. When the stream breaks, falls
+// silent, or the node ends it (a shutdown, a removal), it opens the feed
+// again from the entry after the last one printed, on the next endpoint:
+// no entry is printed twice or skipped. It gives up once no endpoint has
+// served it an entry, or a stream that lasted, for --timeout.
 func cliTail(e *cliEnv, args []string) error {
 	if len(args) > 0 {
 		return usagef("tail takes no arguments, got %q (use --from)", args[0])
 	}
 	if e.f.count < 0 {
 		return usagef("--count must not be negative, got %d", e.f.count)
+	}
+	if _, err := compileMatch(e.f.match); err != nil {
+		return usagef("--match: %v", err)
 	}
 	var next uint64
 	if e.f.from != "" {
@@ -567,7 +622,9 @@ func cliTail(e *cliEnv, args []string) error {
 		}
 		next = f
 	} else {
-		r, _, err := e.call(request{method: http.MethodGet, path: "/v1/status"})
+		// The end of the whole log, not of one node's copy, which may
+		// lag: a range read is linearizable.
+		r, _, err := e.call(request{method: http.MethodGet, path: "/v1/log?limit=1"})
 		if err != nil {
 			return err
 		}
@@ -576,18 +633,20 @@ func cliTail(e *cliEnv, args []string) error {
 	w := bufio.NewWriter(e.stdout)
 	defer w.Flush()
 	printed := 0
+	progress := time.Now() // the last entry printed, or stream that lasted
+	backoff := 50 * time.Millisecond
 	for {
 		q := url.Values{"from": {strconv.FormatUint(next, 10)}}
 		if e.f.match != "" {
 			q.Set("match", e.f.match)
 		}
-		resp, err := e.openFeed("/v1/feed?" + q.Encode())
+		body, err := e.openFeed("/v1/feed?"+q.Encode(), progress.Add(e.timeout))
 		if err != nil {
 			return err
 		}
-		endpoint := e.endpoints[e.next]
-		done, err := e.readFeed(resp.Body, w, &next, &printed)
-		resp.Body.Close()
+		endpoint, opened, before := e.endpoints[e.next], time.Now(), printed
+		done, err := e.readFeed(body, w, &next, &printed)
+		body.Close()
 		if done || e.ctx.Err() != nil {
 			return nil
 		}
@@ -595,40 +654,70 @@ func cliTail(e *cliEnv, args []string) error {
 		if err != nil {
 			why = oneLine(cleanURLError(err))
 		}
+		if printed > before || time.Since(opened) > time.Second {
+			progress, backoff = time.Now(), 50*time.Millisecond
+		} else { // a node that opens feeds and ends them at once: do not spin
+			pause(e.ctx, backoff)
+			backoff = min(2*backoff, time.Second)
+		}
+		if time.Since(progress) > e.timeout {
+			return fmt.Errorf("no endpoint served the feed within --timeout %v; the last, %s: %s", e.timeout, endpoint, why)
+		}
 		e.next = (e.next + 1) % len(e.endpoints)
 		fmt.Fprintf(e.stderr, "paxoslog tail: the feed from %s stopped (%s); resuming at index %d on %s\n", endpoint, why, next, e.endpoints[e.next])
 	}
 }
 
+// feedBody is an open feed; Close also ends the watchdog.
+type feedBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+	idle   *time.Timer
+}
+
+func (b *feedBody) Close() error {
+	b.idle.Stop()
+	b.cancel()
+	return b.ReadCloser.Close()
+}
+
 // openFeed is call for a streaming answer: the endpoints in turn until
-// one opens the feed.
-func (e *cliEnv) openFeed(path string) (*http.Response, error) {
-	deadline := time.Now().Add(e.timeout)
+// one opens the feed, or until deadline.
+func (e *cliEnv) openFeed(path string, deadline time.Time) (*feedBody, error) {
 	backoff := 50 * time.Millisecond
 	for {
 		endpoint := e.endpoints[e.next]
-		req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, endpoint+path, nil)
+		ctx, cancel := context.WithCancel(e.ctx)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+path, nil)
 		if err != nil {
+			cancel()
 			return nil, err
 		}
+		req.Header.Set("Accept", "text/event-stream")
+		idle := time.AfterFunc(min(tryLimit, time.Until(deadline)), cancel) // until the answer's header
 		resp, err := e.client.Do(req)
 		var last error
 		switch {
-		case err == nil && resp.StatusCode == http.StatusOK:
-			return resp, nil
+		case err == nil && resp.StatusCode == http.StatusOK && idle.Stop():
+			idle.Reset(feedSilence)
+			return &feedBody{ReadCloser: resp.Body, cancel: cancel, idle: idle}, nil
 		case err == nil:
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 			r := &cliReply{endpoint: endpoint, code: resp.StatusCode, body: body}
-			if !retryable(r.code) {
+			if !retryable(r.code) && r.code != http.StatusOK {
+				cancel()
 				return nil, replyError(r)
 			}
 			last = replyError(r)
 		case certificateError(err):
+			cancel()
 			return nil, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, cleanURLError(err))
 		default:
 			last = fmt.Errorf("%s: %w", endpoint, cleanURLError(err))
 		}
+		idle.Stop()
+		cancel()
 		if e.ctx.Err() != nil {
 			return nil, e.ctx.Err()
 		}
@@ -643,28 +732,33 @@ func (e *cliEnv) openFeed(path string) (*http.Response, error) {
 	}
 }
 
-// readFeed prints the feed's entries until it ends or --count is
-// reached (done). It moves *next past every entry it prints, and flushes
-// whenever no more input is buffered, so that a quiet feed shows each
-// entry at once.
-func (e *cliEnv) readFeed(body io.Reader, w *bufio.Writer, next *uint64, printed *int) (done bool, err error) {
+// readFeed prints the SSE feed's entries until it ends or --count is
+// reached (done). Each event's data line is the entry's JSON line; a
+// ": ping" comment only says the stream is alive. Every line read puts
+// off the watchdog. It moves *next past every entry it prints, and
+// flushes whenever no more input is buffered, so that a quiet feed shows
+// each entry at once.
+func (e *cliEnv) readFeed(body *feedBody, w *bufio.Writer, next *uint64, printed *int) (done bool, err error) {
 	r := bufio.NewReaderSize(body, 64<<10)
 	for {
 		line, err := r.ReadBytes('\n')
 		if len(line) > 0 && line[len(line)-1] == '\n' {
-			line = line[:len(line)-1]
-			i := gjson.GetBytes(line, "index").Uint()
-			if i >= *next { // a reconnect never repeats one; be sure
-				if e.json {
-					w.Write(line)
-					w.WriteByte('\n')
-				} else {
-					writeEntry(w, false, i, []byte(gjson.GetBytes(line, "data").Raw))
-				}
-				*next = i + 1
-				*printed++
-				if e.f.count > 0 && *printed >= e.f.count {
-					return true, w.Flush()
+			body.idle.Reset(feedSilence)
+			line = bytes.TrimSuffix(line[:len(line)-1], []byte("\r"))
+			if data, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
+				i := gjson.GetBytes(data, "index").Uint()
+				if i >= *next { // a reconnect never repeats one; be sure
+					if e.json {
+						w.Write(data)
+						w.WriteByte('\n')
+					} else {
+						writeEntry(w, false, i, []byte(gjson.GetBytes(data, "data").Raw))
+					}
+					*next = i + 1
+					*printed++
+					if e.f.count > 0 && *printed >= e.f.count {
+						return true, w.Flush()
+					}
 				}
 			}
 		}
@@ -674,6 +768,9 @@ func (e *cliEnv) readFeed(body io.Reader, w *bufio.Writer, next *uint64, printed
 		if err != nil {
 			if err == io.EOF {
 				err = nil
+			}
+			if errors.Is(err, context.Canceled) && e.ctx.Err() == nil {
+				err = fmt.Errorf("nothing for %v, not even a heartbeat", feedSilence)
 			}
 			return false, err
 		}
@@ -797,6 +894,7 @@ func cliMembers(e *cliEnv, args []string) error {
 			req.header.Set("Content-Type", "application/json")
 		}
 	}
+	e.deadline = time.Now().Add(e.timeout)
 	// madeBefore: the change was there before this command (a true 409
 	// or 404), as far as the first endpoint to answer knows.
 	madeBefore := true

@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -151,7 +154,7 @@ func TestCLIRefusals(t *testing.T) {
 		{2, []string{"members", "kick", "2", ep}, "usage: paxoslog members"},
 		{2, []string{"status", ep, "--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{1, []string{"get", ep, "5"}, "404 Not Found: index is past the end of the log"},
-		{1, []string{"tail", ep, "--from", "1", "--match", "(("}, "400 Bad Request"},
+		{2, []string{"tail", ep, "--from", "1", "--match", "(("}, "--match: match"},
 		{1, []string{"members", "remove", "9", ep, "--cluster-key", "sesame"}, "404 Not Found: node 9 is not a member"},
 		{1, []string{"members", "remove", "1", ep, "--cluster-key", "wrong"}, "401 Unauthorized: missing or wrong cluster key"},
 	} {
@@ -299,5 +302,89 @@ func TestCLIMembersAfterLostAnswer(t *testing.T) {
 	r := runCLI(t, "", "members", "add", "4", "http://127.0.0.1:7074", "--endpoints", srv.URL, "--cluster-key", "k")
 	if r.code != 1 || !strings.Contains(r.stderr, "409 Conflict: node 4 is a member already") {
 		t.Errorf("adding a member that was one before: %+v, want the 409", r)
+	}
+}
+
+// TestCLIStuckNodes: a node that takes connections and never answers,
+// one whose feed goes silent, and one that opens feeds and ends them at
+// once. The first costs a try (then the next endpoint answers); the
+// second a reconnect; the third makes tail give up after --timeout
+// rather than spin. (Not parallel: it shortens tryLimit and feedSilence.)
+func TestCLIStuckNodes(t *testing.T) {
+	defer func(a, b time.Duration) { tryLimit, feedSilence = a, b }(tryLimit, feedSilence)
+	tryLimit, feedSilence = 300*time.Millisecond, 300*time.Millisecond
+	hc := startHTTPCluster(t, 1, "", nil)
+	mustCLI(t, "", "append", "--endpoints", hc.urls[1], `"one"`)
+
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	eps := "--endpoints=http://" + hung.Addr().String() + "," + hc.urls[1]
+	if got := mustCLI(t, "", "get", "1", eps); got != "\"one\"\n" {
+		t.Errorf("get past a hung endpoint printed %q", got)
+	}
+
+	// A feed that says 200 and then nothing at all, not even a ping.
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer silent.Close()
+	r := runCLI(t, "", "tail", "--endpoints", silent.URL+","+hc.urls[1], "--from", "1", "--count", "1")
+	if r.code != 0 || r.stdout != "1\t\"one\"\n" || !strings.Contains(r.stderr, "not even a heartbeat") {
+		t.Errorf("tail past a silent feed: %+v", r)
+	}
+
+	// A node that opens every feed and ends it at once (as a removed one
+	// does).
+	var opens atomic.Int64
+	ending := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		opens.Add(1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer ending.Close()
+	r = runCLI(t, "", "tail", "--endpoints", ending.URL, "--from", "1", "--timeout", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "no endpoint served the feed within --timeout 1s") {
+		t.Errorf("tail on a node that ends every feed: %+v", r)
+	}
+	if n := opens.Load(); n > 50 {
+		t.Errorf("tail opened the feed %d times in a second: it should back off", n)
+	}
+}
+
+func TestParseInterleaved(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		want string // the key flag, then the positional arguments
+	}{
+		{[]string{"get", "5", "-o", "json"}, "|get 5"},
+		{[]string{"--key", "k", "--", "-1"}, "k|-1"},
+		{[]string{"--key", "--", `"x"`}, `--|"x"`},
+		{[]string{"--batch", "--", "-", "--key", "k"}, "|- --key k"},
+		{[]string{"-", "--key=k"}, "k|-"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		key := fs.String("key", "", "")
+		fs.Bool("batch", false, "")
+		fs.String("o", "", "")
+		pos, err := parseInterleaved(fs, c.args)
+		if got := *key + "|" + strings.Join(pos, " "); err != nil || got != c.want {
+			t.Errorf("parseInterleaved(%q) = %q, %v; want %q", c.args, got, err, c.want)
+		}
 	}
 }

@@ -28,8 +28,9 @@ import (
 //     a line that is only "…" stands for any number of lines;
 //   - for output that starts with "HTTP/", only the header lines the page
 //     shows are compared (Date and Content-Length are left out);
-//   - a command that keeps running (a feed, `paxoslog tail`) passes once
+//   - a stream (`curl -N`, `paxoslog tail` without --count) passes once
 //     its output matches and stays so for a moment; then it is stopped.
+//     Every other command must end by itself.
 //
 // The addresses in the pages are the ones the README uses: 7070 for a
 // one-node log, 7071 and up for node 1 and up of a cluster. The test runs
@@ -199,14 +200,21 @@ func (s *docScenario) directive(d string) {
 		f := strings.Fields(rest)
 		n := 1
 		if len(f) > 0 {
-			fmt.Sscan(f[0], &n)
+			if _, err := fmt.Sscan(f[0], &n); err != nil || n < 1 {
+				s.t.Fatalf("%s: doctest %q: start takes a node count first", s.page, d)
+			}
 			f = f[1:]
 		}
 		s.start(n, f)
 	case "node":
 		var id int
 		f := strings.Fields(rest)
-		fmt.Sscan(f[0], &id)
+		if len(f) == 0 {
+			s.t.Fatalf("%s: doctest %q: node takes an id", s.page, d)
+		}
+		if _, err := fmt.Sscan(f[0], &id); err != nil || id < 1 {
+			s.t.Fatalf("%s: doctest %q: node takes an id first", s.page, d)
+		}
 		flags := s.translateArgs(f[1:])
 		if len(flags) == 0 {
 			flags = s.args[id]
@@ -322,6 +330,7 @@ func (s *docScenario) startNode(id int, flags []string) {
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // not past a killed test
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -393,15 +402,18 @@ func (s *docCluster) stopAll() {
 
 var docAddr = regexp.MustCompile(`(localhost|127\.0\.0\.1):(70[7-9]\d)\b`)
 
-// translate turns the pages' addresses into the test's.
+// translate turns the pages' addresses into the test's. An address no
+// node has yet (a member that is added but never started) gets a free
+// port of its own, where nothing listens: nothing ever goes to the
+// pages' real ports.
 func (s *docScenario) translate(cmd string) string {
 	return docAddr.ReplaceAllStringFunc(cmd, func(m string) string {
 		var port int
 		fmt.Sscan(m[strings.LastIndexByte(m, ':')+1:], &port)
-		if a, ok := s.ports[port]; ok {
-			return a
+		if _, ok := s.ports[port]; !ok {
+			s.ports[port] = freePorts(s.t, 1)[0]
 		}
-		return m
+		return s.ports[port]
 	})
 }
 
@@ -436,7 +448,7 @@ func (s *docScenario) shellCmd(cmd string) *exec.Cmd {
 	// terminal.
 	c.Env = append(os.Environ(), "PATH="+s.binDir+":"+os.Getenv("PATH"), "PAXOSLOG_ENDPOINTS=http://"+ep, "PAXOSLOG_CLUSTER_KEY=",
 		"CURL_HOME="+s.binDir)
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if _, err := os.Lstat(filepath.Join(s.dir, "paxoslog")); err != nil {
 		os.Symlink(s.bin, filepath.Join(s.dir, "paxoslog"))
 	}
@@ -525,21 +537,20 @@ func (s *docScenario) runCommand(c docCommand) {
 		s.t.Fatalf("%s:%d: $ %s: start nodes with a doctest directive, not in the background", s.page, c.line, c.cmd)
 	}
 	cmd := s.shellCmd(fmt.Sprintf("(exit %d); %s", s.status, s.translate(c.cmd)))
-	var mu sync.Mutex
-	var out bytes.Buffer
-	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
-	cmd.Stdout, cmd.Stderr = w, w
+	// One writer for both, comparable: os/exec gives the command one pipe,
+	// so stdout and stderr interleave as they would on a terminal.
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	kill := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-done }
-	got := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return s.normalise(out.String(), c.want)
-	}
+	got := func() []string { return s.normalise(out.String(), c.want) }
+	// Only a stream (a feed, a tail that does not stop by itself) is
+	// stopped once it shows its output; every other command must end.
+	stream := strings.Contains(c.cmd, "curl -N") || (strings.Contains(c.cmd, "paxoslog tail") && !strings.Contains(c.cmd, "--count"))
 	deadline := time.After(15 * time.Second)
 	var matchedSince time.Time
 	for {
@@ -552,10 +563,15 @@ func (s *docScenario) runCommand(c docCommand) {
 			return
 		case <-deadline:
 			kill()
-			s.t.Errorf("%s:%d: $ %s\nstill running after 15s without the output shown; got:\n%s\nwant:\n%s", s.page, c.line, c.cmd, strings.Join(got(), "\n"), strings.Join(c.want, "\n"))
+			what := "did not end within 15s"
+			if stream {
+				what = "still running after 15s without the output shown"
+			}
+			s.t.Errorf("%s:%d: $ %s\n%s; got:\n%s\nwant:\n%s", s.page, c.line, c.cmd, what, strings.Join(got(), "\n"), strings.Join(c.want, "\n"))
 			return
 		case <-time.After(50 * time.Millisecond):
 			switch {
+			case !stream:
 			case !docMatch(c.want, got()):
 				matchedSince = time.Time{}
 			case matchedSince.IsZero():
@@ -568,10 +584,6 @@ func (s *docScenario) runCommand(c docCommand) {
 		}
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // normalise splits output into lines in the pages' terms: their
 // addresses, no carriage returns or trailing blanks, and for an HTTP

@@ -6,15 +6,17 @@
 
 const KEEP = 20;      // entries shown
 const POLL_MS = 1000; // status refresh
+const WAIT_MS = 3000; // a poll that takes longer failed: the node is hung or gone
 const $ = (id) => document.getElementById(id);
 
 let prev = null;   // the previous poll: {t, last, fsync}
 const rates = [];  // appends/s of the last 60 polls
 let feed = null;
-let pending = [];  // feed entries not drawn yet
+let pending = [];  // feed lines not drawn yet: the newest KEEP at most
+let drawn = 0;     // the highest index on the list
 
 async function getJSON(path) {
-  const r = await fetch(path, { cache: 'no-store' });
+  const r = await fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(WAIT_MS) });
   if (!r.ok) throw new Error(path + ': HTTP ' + r.status);
   return r.json();
 }
@@ -40,8 +42,9 @@ function ms(seconds) {
 }
 
 // fsyncText: mean and p99 (a bucket's upper bound) of the syncs since
-// the previous poll; since the start on the first poll.
-function fsyncText(cur, old) {
+// the previous poll; nothing until there is one.
+function fsyncText(cur, old, havePrev) {
+  if (!havePrev) return ['…', ''];
   if (!cur) return ['none yet', ''];
   const base = old || { sum: 0, count: 0, buckets: [] };
   const n = cur.count - base.count;
@@ -130,7 +133,7 @@ function draw(st, mem, fsync) {
   $('disk').textContent = bytes(st.disk_bytes);
   if (prev) drawRate(Math.max(0, (st.last - prev.last) / ((now - prev.t) / 1000)));
   for (const j of ['acceptor', 'log']) {
-    const [mean, p99] = fsyncText(fsync[j], prev && prev.fsync[j]);
+    const [mean, p99] = fsyncText(fsync[j], prev && prev.fsync[j], !!prev);
     $('fsync-' + j).textContent = mean;
     $('fsync-' + j + '-p99').textContent = p99;
   }
@@ -138,6 +141,10 @@ function draw(st, mem, fsync) {
   alarm.hidden = !st.alarm;
   if (st.alarm) alarm.textContent = `This node's log and node ${st.alarm.peer}'s differ at index ${st.alarm.index}: ${st.alarm.message}`;
   drawMembers(st, mem);
+  if (st.last < drawn) { // a node that came back with an empty log
+    drawn = 0;
+    $('entries').replaceChildren();
+  }
   prev = { t: now, last: st.last, fsync };
   if (!feed) openFeed(st);
 }
@@ -146,7 +153,7 @@ async function poll() {
   try {
     const [st, mem, metrics] = await Promise.all([
       getJSON('/v1/status'), getJSON('/v1/members'),
-      fetch('/metrics', { cache: 'no-store' }).then((r) => r.text()),
+      fetch('/metrics', { cache: 'no-store', signal: AbortSignal.timeout(WAIT_MS) }).then((r) => r.text()),
     ]);
     draw(st, mem, fsyncHistograms(metrics));
     $('conn').textContent = 'live'; $('conn').className = 'pill ok';
@@ -166,7 +173,10 @@ function openFeed(st) {
   feed = new EventSource('/v1/feed?from=' + from);
   $('feed-state').textContent = '';
   feed.onopen = () => { $('feed-state').textContent = ''; };
-  feed.onmessage = (e) => pending.push(e.data);
+  feed.onmessage = (e) => {
+    pending.push(e.data);
+    if (pending.length > KEEP) pending.shift();
+  };
   feed.onerror = () => {
     if (feed.readyState === EventSource.CLOSED) { feed = null; }
     $('feed-state').textContent = '(reconnecting)';
@@ -178,14 +188,17 @@ function openFeed(st) {
 function drawEntries() {
   if (pending.length) {
     const list = $('entries');
-    for (const line of pending.slice(-KEEP)) {
+    for (const line of pending) {
       // A feed line is {"index":i,"data":<value as appended, on one line>}.
       const cut = line.indexOf(',"data":');
+      const index = Number(line.slice('{"index":'.length, cut));
+      if (index <= drawn) continue; // a reopened feed starts before the newest shown
+      drawn = index;
       const li = document.createElement('li');
       li.className = 'new';
       const idx = document.createElement('span');
       idx.className = 'idx';
-      idx.textContent = line.slice('{"index":'.length, cut);
+      idx.textContent = String(index);
       const data = document.createElement('span');
       data.className = 'data';
       const raw = line.slice(cut + ',"data":'.length, -1);
