@@ -530,13 +530,9 @@ func cliRange(e *cliEnv, args []string) error {
 	if e.f.limit < 1 {
 		return usagef("--limit must be positive, got %d", e.f.limit)
 	}
-	var from uint64
-	if e.f.from != "" {
-		f, err := positiveIndex("--from", e.f.from)
-		if err != nil {
-			return err
-		}
-		from = f
+	from, err := e.fromFlag()
+	if err != nil {
+		return err
 	}
 	w := bufio.NewWriter(e.stdout)
 	defer w.Flush()
@@ -565,6 +561,14 @@ func cliRange(e *cliEnv, args []string) error {
 		left -= len(entries)
 	}
 	return nil
+}
+
+// fromFlag is --from as an index, 0 when it is not given.
+func (e *cliEnv) fromFlag() (uint64, error) {
+	if e.f.from == "" {
+		return 0, nil
+	}
+	return positiveIndex("--from", e.f.from)
 }
 
 // writeEntry prints one entry on one line.
@@ -614,14 +618,11 @@ func cliTail(e *cliEnv, args []string) error {
 	if _, err := compileMatch(e.f.match); err != nil {
 		return usagef("--match: %v", err)
 	}
-	var next uint64
-	if e.f.from != "" {
-		f, err := positiveIndex("--from", e.f.from)
-		if err != nil {
-			return err
-		}
-		next = f
-	} else {
+	next, err := e.fromFlag()
+	if err != nil {
+		return err
+	}
+	if next == 0 {
 		// The end of the whole log, not of one node's copy, which may
 		// lag: a range read is linearizable.
 		r, _, err := e.call(request{method: http.MethodGet, path: "/v1/log?limit=1"})
