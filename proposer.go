@@ -126,6 +126,7 @@ type Proposer struct {
 	electionDeadline time.Time
 	ls               *leaderState
 	pending          map[EntryID]*pendingEntry
+	forwarding       int // forwards in flight to the leader
 }
 
 func newProposer(n *Node) *Proposer {
@@ -267,16 +268,25 @@ func (p *Proposer) flush(ctx context.Context) {
 		return
 	}
 	defer p.mu.Unlock()
+	to, b, batches := p.forwardBatchesLocked()
+	for _, batch := range batches {
+		go p.forward(ctx, to, b, batch)
+	}
+}
+
+// forwardBatchesLocked takes the pending entries not yet handed to the
+// known leader, marks them as being sent, and splits them into forwards
+// that each stay well below maxPeerBody. It counts them in forwarding.
+func (p *Proposer) forwardBatchesLocked() (to NodeID, b Ballot, batches [][]*pendingEntry) {
 	if p.leader == 0 || p.leader == p.n.cfg.ID {
-		return
+		return 0, Ballot{}, nil
 	}
 	var batch []*pendingEntry
 	size := 0
-	to, b := p.leader, p.leaderBallot
 	for _, pe := range p.pending {
 		if pe.sentTo != p.leaderBallot && !pe.sending {
 			if n := entriesSize([]Entry{pe.entry}); len(batch) > 0 && size+n > maxAcceptBytes {
-				go p.forward(ctx, to, b, batch) // one forward stays well below maxPeerBody
+				batches = append(batches, batch)
 				batch, size = nil, 0
 			}
 			pe.sending = true
@@ -285,8 +295,10 @@ func (p *Proposer) flush(ctx context.Context) {
 		}
 	}
 	if len(batch) > 0 {
-		go p.forward(ctx, to, b, batch)
+		batches = append(batches, batch)
 	}
+	p.forwarding += len(batches)
+	return p.leader, p.leaderBallot, batches
 }
 
 // forward hands entries to the leader of ballot b.
@@ -308,6 +320,7 @@ func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pe
 	err := p.n.call(cctx, to, methodForward, req, &resp)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.forwarding--
 	for _, pe := range batch {
 		pe.sending = false
 		if err == nil && resp.OK {
@@ -419,6 +432,27 @@ func (p *Proposer) submit(e Entry) {
 	p.pending[e.ID] = pe
 	ls := p.ls
 	if ls == nil {
+		if p.forwarding == 0 {
+			// Nothing is on its way to the leader: forward from this
+			// goroutine, sparing the wake-up of the run loop and of a
+			// forward goroutine. While a forward is in flight, entries
+			// go through the run loop, which gathers them into batches.
+			to, b, batches := p.forwardBatchesLocked()
+			ctx := p.ctx
+			p.mu.Unlock()
+			for i, batch := range batches {
+				if i < len(batches)-1 {
+					go p.forward(ctx, to, b, batch)
+				} else {
+					p.forward(ctx, to, b, batch)
+				}
+			}
+			if len(batches) > 0 {
+				return
+			}
+			p.wake()
+			return
+		}
 		p.mu.Unlock()
 		p.wake() // the run loop forwards it to the leader
 		return
