@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -220,28 +219,17 @@ func (e *cliEnv) setup(endpoints, output, caFile, certFile, keyFile string) erro
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
-		pem, err := readTLSFile("--tls-ca", caFile)
+		pool, err := loadCAPool(caFile)
 		if err != nil {
 			return err
 		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return usagef("--tls-ca %s: no PEM certificate in it", caFile)
-		}
+		tc.RootCAs = pool
 	}
 	switch {
 	case certFile != "" && keyFile != "":
-		certPEM, err := readTLSFile("--tls-cert", certFile)
+		cert, err := loadKeyPair(certFile, keyFile)
 		if err != nil {
 			return err
-		}
-		keyPEM, err := readTLSFile("--tls-key", keyFile)
-		if err != nil {
-			return err
-		}
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return usagef("--tls-cert %s, --tls-key %s: not a certificate and its private key: %s", certFile, keyFile, oneLine(err))
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	case certFile != "" || keyFile != "":
@@ -313,7 +301,7 @@ func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
 	}
 	backoff := 50 * time.Millisecond
 	var last error
-	for tries := 0; ; tries++ {
+	for {
 		endpoint := e.endpoints[e.next]
 		r, err := e.once(deadline, endpoint, req)
 		switch {
@@ -324,9 +312,7 @@ func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
 		case err == nil:
 			last = replyError(r)
 		case certificateError(err):
-			// Another endpoint of the same cluster has a certificate
-			// from the same CA: no retry will verify.
-			return nil, unsure, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, err)
+			return nil, unsure, certificateFailure(endpoint, err)
 		case last == nil || !errors.Is(err, context.DeadlineExceeded):
 			// (a try cut short by the deadline says less than the one before)
 			last = fmt.Errorf("%s: %w", endpoint, err)
@@ -335,15 +321,27 @@ func (e *cliEnv) call(req request) (r *cliReply, unsure bool, err error) {
 		if e.ctx.Err() != nil {
 			return nil, unsure, e.ctx.Err()
 		}
-		e.next = (e.next + 1) % len(e.endpoints)
 		if time.Now().After(deadline) {
 			return nil, unsure, fmt.Errorf("no endpoint answered within --timeout %v; the last said: %w", e.timeout, last)
 		}
-		if e.next == 0 || len(e.endpoints) == 1 { // a whole round failed: wait a little
-			pause(e.ctx, min(backoff, time.Until(deadline)))
-			backoff = min(2*backoff, time.Second)
-		}
+		e.moveOn(deadline, &backoff)
 	}
+}
+
+// moveOn turns to the next endpoint after a failed try; after a whole
+// round of them it first waits a little, longer each round.
+func (e *cliEnv) moveOn(deadline time.Time, backoff *time.Duration) {
+	e.next = (e.next + 1) % len(e.endpoints)
+	if e.next == 0 || len(e.endpoints) == 1 {
+		pause(e.ctx, min(*backoff, time.Until(deadline)))
+		*backoff = min(2**backoff, time.Second)
+	}
+}
+
+// certificateFailure is a server certificate that did not verify: final,
+// since every endpoint of one cluster has a certificate from the same CA.
+func certificateFailure(endpoint string, err error) error {
+	return fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, cleanURLError(err))
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -713,7 +711,7 @@ func (e *cliEnv) openFeed(path string, deadline time.Time) (*feedBody, error) {
 			last = replyError(r)
 		case certificateError(err):
 			cancel()
-			return nil, fmt.Errorf("%s: %w (is --tls-ca the CA that signs the nodes' certificates?)", endpoint, cleanURLError(err))
+			return nil, certificateFailure(endpoint, err)
 		default:
 			last = fmt.Errorf("%s: %w", endpoint, cleanURLError(err))
 		}
@@ -725,11 +723,7 @@ func (e *cliEnv) openFeed(path string, deadline time.Time) (*feedBody, error) {
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("no endpoint served the feed within --timeout %v; the last said: %w", e.timeout, last)
 		}
-		e.next = (e.next + 1) % len(e.endpoints)
-		if e.next == 0 || len(e.endpoints) == 1 {
-			pause(e.ctx, min(backoff, time.Until(deadline)))
-			backoff = min(2*backoff, time.Second)
-		}
+		e.moveOn(deadline, &backoff)
 	}
 }
 

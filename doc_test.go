@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -161,13 +162,8 @@ func (s *docScenario) runPage(src string) {
 		block := strings.ReplaceAll("\n"+src[m[4]:m[5]], "\n"+indent, "\n")[1:]
 		items = append(items, item{at: m[0], block: block, line: strings.Count(src[:m[0]], "\n") + 2})
 	}
-	for i := range items { // by position: directives and blocks interleave
-		for j := i + 1; j < len(items); j++ {
-			if items[j].at < items[i].at {
-				items[i], items[j] = items[j], items[i]
-			}
-		}
-	}
+	// By position: directives and blocks interleave.
+	slices.SortFunc(items, func(a, b item) int { return a.at - b.at })
 	for _, it := range items {
 		if it.directive != "" {
 			for _, d := range strings.Split(it.directive, "\n") {

@@ -432,29 +432,26 @@ func (p *Proposer) submit(e Entry) {
 	p.pending[e.ID] = pe
 	ls := p.ls
 	if ls == nil {
+		// Nothing on its way to the leader: forward from this goroutine,
+		// sparing the wake-up of the run loop and of a forward goroutine.
+		// While a forward is in flight, the run loop forwards, gathering
+		// the entries that came meanwhile into one batch.
+		var batches [][]*pendingEntry
+		var to NodeID
+		var b Ballot
 		if p.forwarding == 0 {
-			// Nothing is on its way to the leader: forward from this
-			// goroutine, sparing the wake-up of the run loop and of a
-			// forward goroutine. While a forward is in flight, entries
-			// go through the run loop, which gathers them into batches.
-			to, b, batches := p.forwardBatchesLocked()
-			ctx := p.ctx
-			p.mu.Unlock()
-			for i, batch := range batches {
-				if i < len(batches)-1 {
-					go p.forward(ctx, to, b, batch)
-				} else {
-					p.forward(ctx, to, b, batch)
-				}
-			}
-			if len(batches) > 0 {
-				return
-			}
+			to, b, batches = p.forwardBatchesLocked()
+		}
+		ctx := p.ctx
+		p.mu.Unlock()
+		if len(batches) == 0 {
 			p.wake()
 			return
 		}
-		p.mu.Unlock()
-		p.wake() // the run loop forwards it to the leader
+		for _, batch := range batches[1:] {
+			go p.forward(ctx, to, b, batch)
+		}
+		p.forward(ctx, to, b, batches[0])
 		return
 	}
 	pe.sentTo = ls.ballot

@@ -43,17 +43,9 @@ func loadTLS(certFile, keyFile, caFile string) (*tlsSetup, error) {
 	case certFile == "":
 		return nil, usagef("--tls-key needs --tls-cert: give both or neither")
 	}
-	certPEM, err := readTLSFile("--tls-cert", certFile)
+	cert, err := loadKeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, err
-	}
-	keyPEM, err := readTLSFile("--tls-key", keyFile)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, usagef("--tls-cert %s, --tls-key %s: not a certificate and its private key: %s", certFile, keyFile, oneLine(err))
 	}
 	leaf := cert.Leaf
 	if leaf == nil { // X509KeyPair fills it in since Go 1.23; be safe
@@ -68,13 +60,8 @@ func loadTLS(certFile, keyFile, caFile string) (*tlsSetup, error) {
 	if caFile == "" {
 		return s, nil
 	}
-	caPEM, err := readTLSFile("--tls-ca", caFile)
-	if err != nil {
+	if s.cas, err = loadCAPool(caFile); err != nil {
 		return nil, err
-	}
-	s.cas = x509.NewCertPool()
-	if !s.cas.AppendCertsFromPEM(caPEM) {
-		return nil, usagef("--tls-ca %s: no PEM certificate in it", caFile)
 	}
 	// Peers check this certificate both as a server's and as a client's:
 	// find out now rather than at every handshake.
@@ -91,6 +78,37 @@ func loadTLS(certFile, keyFile, caFile string) (*tlsSetup, error) {
 		}
 	}
 	return s, nil
+}
+
+// loadKeyPair reads --tls-cert and --tls-key (the node's and the
+// client's flags alike).
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := readTLSFile("--tls-cert", certFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := readTLSFile("--tls-key", keyFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, usagef("--tls-cert %s, --tls-key %s: not a certificate and its private key: %s", certFile, keyFile, oneLine(err))
+	}
+	return cert, nil
+}
+
+// loadCAPool reads --tls-ca.
+func loadCAPool(caFile string) (*x509.CertPool, error) {
+	caPEM, err := readTLSFile("--tls-ca", caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, usagef("--tls-ca %s: no PEM certificate in it", caFile)
+	}
+	return pool, nil
 }
 
 // readTLSFile reads one of the --tls-* files.

@@ -532,12 +532,14 @@ func (j *journal) Append(payloads ...[]byte) (uint64, error) {
 		return 0, j.fail(fmt.Errorf("append: %w", err))
 	}
 	j.batch.Clear()
+	var size uint64
 	for i, p := range payloads {
-		j.appended.Add(uint64(len(p)))
+		size += uint64(len(p))
 		j.sealBuf = appendRecord(j.sealBuf[:0], last+uint64(i)+1, j.synced, p)
 		j.segBytes += len(j.sealBuf) + binary.MaxVarintLen32
 		j.batch.Write(last+uint64(i)+1, j.sealBuf)
 	}
+	j.appended.Add(size)
 	if err := j.log.WriteBatch(&j.batch); err != nil {
 		return 0, j.fail(fmt.Errorf("append at %d: %w", last+1, err))
 	}
