@@ -699,6 +699,27 @@ func (n *Node) discover(ctx context.Context) {
 			for c := range clusters {
 				cluster = c
 			}
+			// Rebuild under the newest membership the log chose that a
+			// holder reports, not --peers: --peers lists ids, not who
+			// votes, and a rebuild that counted a non-voter as a voter
+			// would wait for a majority it cannot get while its fences
+			// outbid every campaign of the members that have one.
+			var newest *membership
+			for _, a := range answers {
+				if a.State == "member" && a.Membership != nil && a.Membership.Slot > 0 &&
+					(newest == nil || a.Membership.Slot > newest.Slot) {
+					newest = a.Membership
+				}
+			}
+			if newest != nil {
+				if _, ok := newest.get(n.cfg.ID); !ok {
+					if wl.due() {
+						n.log.Error("the cluster's membership does not list this node (it was removed); waiting", "members", fmt.Sprint(newest.ids()))
+					}
+					break
+				}
+				n.adoptMembership(newest)
+			}
 			sort.Slice(holders, func(i, j int) bool { return holders[i] < holders[j] })
 			n.log.Info("the cluster has state: this node lost its disk or is new to it, and rebuilds before it votes",
 				"holders", fmt.Sprint(holders), "cluster", cluster)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -176,6 +177,39 @@ func TestWipedFollowerRebuilds(t *testing.T) {
 	// The rebuilt node really votes: with another one down, a majority
 	// needs it.
 	other := victim%3 + 1
+	c.crash(other)
+	c.leader(5 * time.Second)
+	c.mustAppend(victim, `"with it voting"`)
+	c.start(other)
+	c.check()
+}
+
+// TestWipedVoterBesideANonVoter: a voter loses its disk in a cluster with
+// a non-voter and is started, as an operator would, with every member's
+// id. It rebuilds under the membership the log chose (three voters), not
+// one where every id listed votes: that rebuild would wait for promises
+// the non-voter never gives, and its fences would outbid every campaign
+// of the two voters that make a majority. It starts while only one
+// other voter is up, so that no leader tells it the membership first.
+func TestWipedVoterBesideANonVoter(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	c.reconfig(leader, ReconfigReq{Add: &member{ID: 4, URL: "http://never"}})
+	for i := 0; i < 20; i++ {
+		c.mustAppend(leader, fmt.Sprintf(`"a%d"`, i))
+	}
+	victim := leader%3 + 1
+	c.crash(leader)
+	c.wipe(victim)
+	c.start(victim) // with the ids of every member; the one voter up cannot elect a leader
+	other := 6 - leader - victim
+	waitFor(t, 10*time.Second, "the rebuild's first fence", func() bool { return c.node(other).acceptor.Promised().Node == victim })
+	c.start(leader)
+	c.waitPhase(victim, phaseServing, 10*time.Second)
+	if st := c.node(victim).Status(); !reflect.DeepEqual(st.Voters, []NodeID{1, 2, 3}) || !reflect.DeepEqual(st.Members, []NodeID{1, 2, 3, 4}) {
+		t.Fatalf("rebuilt node's members %v voters %v, want [1 2 3 4] and [1 2 3]", st.Members, st.Voters)
+	}
+	c.mustAppend(victim, `"after"`)
 	c.crash(other)
 	c.leader(5 * time.Second)
 	c.mustAppend(victim, `"with it voting"`)
