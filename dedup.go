@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,9 +18,9 @@ import (
 //
 // The dedup state is the identity (Idempotency-Key, or else entry id) of
 // the entry at each of the last DedupWindow indices. In memory it is
-// Learner.recent and Learner.ring; on disk it is the dedup journal under
-// --data/dedup, whose record i is the identity of the entry at client
-// index i (journal number = index, like the client log's).
+// Learner.recent, a dedupWindow (below); on disk it is the dedup journal
+// under --data/dedup, whose record i is the identity of the entry at
+// client index i (journal number = index, like the client log's).
 //
 // Invariants:
 //   - D1: the dedup journal's record i is written by the apply that writes
@@ -81,32 +82,33 @@ func appendDedupRecord(b []byte, id EntryID, key string) []byte {
 
 var errBadDedupRecord = errors.New("malformed dedup record")
 
-// decodeDedupRecord returns the entry id and identity a dedup record
-// holds: the zero id and "" for a batch's later index.
+// decodeDedupRecord returns the entry id and Idempotency-Key a dedup
+// record holds: the zero id and "" for a batch's later index (no client
+// entry has the zero id).
 func decodeDedupRecord(p []byte) (EntryID, string, error) {
 	var id EntryID
 	if bytes.Equal(p, continuedRecord) {
 		return id, "", nil
 	}
-	if len(p) < 1+len(id) || p[0] != 1 {
+	if len(p) < 1+len(id) || p[0] != 1 || bytes.Equal(p[1:1+len(id)], id[:]) {
 		return id, "", errBadDedupRecord
 	}
 	copy(id[:], p[1:])
-	return id, Entry{ID: id, Key: string(p[1+len(id):])}.identity(), nil
+	return id, string(p[1+len(id):]), nil
 }
 
 // rememberRecord remembers the dedup record p for index i. Records are
 // remembered in index order, so a continued one extends the batch that
 // the one before began.
 func (l *Learner) rememberRecord(i Index, p []byte) error {
-	id, k, err := decodeDedupRecord(p)
+	id, key, err := decodeDedupRecord(p)
 	if err != nil {
 		return fmt.Errorf("dedup index %d: %w", i, err)
 	}
-	if k == "" {
-		l.rememberContinued(i)
+	if id == (EntryID{}) {
+		l.recent.rememberContinued(i)
 	} else {
-		l.remember(i, id, k)
+		l.recent.remember(i, id, key)
 	}
 	return nil
 }
@@ -249,25 +251,12 @@ func (l *Learner) dedupDataFor(first Index) (Index, [][]byte) {
 }
 
 // rememberedRecord returns the dedup record of index i from memory, if
-// i is in the window and its identity is remembered. Called with l.mu
-// held.
+// i is in the window and remembered. Called with l.mu held.
 func (l *Learner) rememberedRecord(i Index) ([]byte, bool) {
 	if i == 0 || i > l.last || i+l.window <= l.last {
 		return nil, false
 	}
-	k := l.ring[i%l.window]
-	if k == continued {
-		return continuedRecord, true
-	}
-	a, ok := l.recent[k]
-	if k == "" || !ok || a.index != i {
-		return nil, false
-	}
-	key := ""
-	if k[0] == 'k' {
-		key = k[1:]
-	}
-	return dedupRecord(a.id, key), true
+	return l.recent.record(i)
 }
 
 // prefixInstallFile, under --data, holds an install in progress (D3).
@@ -468,4 +457,333 @@ func aloneAtOpen(n *Node) bool {
 		}
 	}
 	return true
+}
+
+// dedupWindow is the dedup state in memory: the identity of the entry at
+// each of the last size indices, and a hash table to find an identity's
+// index by. It holds no pointers (the collector never scans it), and its
+// size is fixed by the window, not the log: 32 bytes an index for the
+// ring, 8 a bucket for the table (two buckets or more an index), and the
+// Idempotency-Keys' bytes (at most maxKeyBytes each) in one circular
+// buffer that grows to the next power of two that holds the window's
+// keys and never shrinks. At the default window of 262,144 indices that
+// is 12 MiB for entries without keys, 28 MiB with 36-byte keys, and at
+// most 76 MiB with keys of maxKeyBytes (BenchmarkDedupWindow measures
+// the first two).
+//
+// An identity is an Idempotency-Key if the entry has one, else its id
+// (Entry.identity); two entries share an identity when their keys are
+// equal, or when neither has a key and their ids are.
+//
+// W1. The table holds, for each identity remembered, one bucket: 32 bits
+// of the identity's hash and the ring position of its first index,
+// which is in the window and holds that identity. A lookup checks every
+// bucket whose hash bits match against the identity at its position, so
+// identities that share hash bits cost a longer probe, never a wrong
+// answer. Buckets are found by linear probing from hash bits' home and
+// removed by shifting the run behind them back (no tombstones), and the
+// table is at most half full.
+type dedupWindow struct {
+	size  Index
+	last  Index // the highest index remembered; 0: none since the start or a reset
+	seed  maphash.Seed
+	mask  uint32 // of the hash's bits, all of them (tests narrow it to make clashes)
+	ring  []dedupSlot
+	table []uint64 // hash bits<<32 | ring position+1; 0: empty
+	count int      // buckets in use
+	keys  keyRing
+	tail  Index // first index of the append that took the last remembered index; 0: not remembered
+}
+
+// dedupSlot is what the ring holds for one index.
+type dedupSlot struct {
+	id     EntryID // of the entry that took the index (first only)
+	keyOff uint64  // where its key is in keys (keyLen > 0)
+	more   uint32  // first: how many indices after this one the batch took
+	keyLen uint8
+	kind   uint8 // slotEmpty, slotFirst or slotContinued
+}
+
+const (
+	slotEmpty     = iota // not remembered (below an installed prefix)
+	slotFirst            // an append's first index
+	slotContinued        // a later index of a batch
+)
+
+// maxDedupWindow bounds Config.DedupWindow: ring positions are 32-bit.
+const maxDedupWindow = 1 << 30
+
+func newDedupWindow(size int) *dedupWindow {
+	if size <= 0 || size > maxDedupWindow {
+		panic(fmt.Sprintf("dedup window of %d indices", size))
+	}
+	buckets := 8
+	for buckets < 2*size {
+		buckets *= 2
+	}
+	return &dedupWindow{
+		size:  Index(size),
+		seed:  maphash.MakeSeed(),
+		mask:  ^uint32(0),
+		ring:  make([]dedupSlot, size),
+		table: make([]uint64, buckets),
+	}
+}
+
+// hash is the hash of the identity of an entry with id and key (of key
+// if it has one, else of id).
+func (w *dedupWindow) hash(id EntryID, key string) uint32 {
+	if key != "" {
+		return uint32(maphash.String(w.seed, key)) & w.mask
+	}
+	return uint32(maphash.Bytes(w.seed, id[:])) & w.mask
+}
+
+// hashAt is hash of the identity at slot s.
+func (w *dedupWindow) hashAt(s *dedupSlot) uint32 {
+	if s.keyLen > 0 {
+		return uint32(maphash.Bytes(w.seed, w.keyOf(s))) & w.mask // = maphash.String of the key
+	}
+	return uint32(maphash.Bytes(w.seed, s.id[:])) & w.mask
+}
+
+// keyOf is the key of the entry at slot s.
+func (w *dedupWindow) keyOf(s *dedupSlot) []byte {
+	return w.keys.get(s.keyOff, int(s.keyLen))
+}
+
+// indexAt is the index in the window whose ring position is pos.
+func (w *dedupWindow) indexAt(pos uint32) Index {
+	return w.last - (w.last%w.size+w.size-Index(pos))%w.size
+}
+
+// find returns the first index of the identity of id and key, if it is
+// remembered, and the table bucket that holds it.
+func (w *dedupWindow) find(id EntryID, key string) (Index, int, bool) {
+	h := w.hash(id, key)
+	tm := len(w.table) - 1
+	for b := int(h) & tm; ; b = (b + 1) & tm {
+		e := w.table[b]
+		if e == 0 {
+			return 0, 0, false
+		}
+		if uint32(e>>32) != h {
+			continue
+		}
+		s := &w.ring[uint32(e)-1]
+		if int(s.keyLen) != len(key) {
+			continue
+		}
+		if key != "" && string(w.keyOf(s)) == key || key == "" && s.id == id {
+			return w.indexAt(uint32(e) - 1), b, true
+		}
+	}
+}
+
+// lookup returns where the identity of id and key went, if it is
+// remembered.
+func (w *dedupWindow) lookup(id EntryID, key string) (appliedEntry, bool) {
+	i, _, ok := w.find(id, key)
+	if !ok {
+		return appliedEntry{}, false
+	}
+	s := &w.ring[i%w.size]
+	return appliedEntry{index: i, last: i + Index(s.more), id: s.id}, true
+}
+
+// remember records that the entry id, with key, took index i, and
+// forgets what left the window. Indices are remembered in order.
+func (w *dedupWindow) remember(i Index, id EntryID, key string) {
+	w.advance(i)
+	if len(key) > maxKeyBytes {
+		panic(fmt.Sprintf("dedup window: a key of %d bytes", len(key)))
+	}
+	s := dedupSlot{id: id, kind: slotFirst, keyLen: uint8(len(key))}
+	if key != "" {
+		s.keyOff = w.keys.add(key)
+	}
+	pos := uint32(i % w.size)
+	e := uint64(w.hash(id, key))<<32 | uint64(pos) + 1
+	if _, b, ok := w.find(id, key); ok {
+		w.table[b] = e // remembered again: its later index is the one to find
+	} else {
+		w.insert(e)
+	}
+	w.ring[pos] = s
+	w.tail = i
+}
+
+// rememberContinued records that index i continues the batch whose
+// entry took i-1.
+func (w *dedupWindow) rememberContinued(i Index) {
+	w.advance(i)
+	w.ring[i%w.size] = dedupSlot{kind: slotContinued}
+	if t := w.tail; t != 0 && t+w.size > i {
+		if s := &w.ring[t%w.size]; s.kind == slotFirst && t+Index(s.more) == i-1 {
+			s.more++
+			return
+		}
+	}
+	w.tail = 0 // its first index is not remembered here
+}
+
+// advance makes index i the window's last, forgetting the indices that
+// leave the window and any it skips.
+func (w *dedupWindow) advance(i Index) {
+	switch {
+	case w.last == 0:
+	case i <= w.last:
+		panic(fmt.Sprintf("dedup window: index %d remembered after %d", i, w.last))
+	case i-w.last > w.size:
+		w.reset()
+	default:
+		for j := w.last + 1; j < i; j++ {
+			w.forget(j)
+			w.ring[j%w.size] = dedupSlot{}
+		}
+	}
+	w.forget(i)
+	w.last = i
+}
+
+// forget forgets index i-size, which leaves the window as index i enters
+// it.
+func (w *dedupWindow) forget(i Index) {
+	pos := uint32(i % w.size)
+	s := &w.ring[pos]
+	if s.kind != slotFirst {
+		return
+	}
+	e := uint64(w.hashAt(s))<<32 | uint64(pos) + 1
+	w.delete(e)
+	if s.keyLen > 0 {
+		w.keys.release(s.keyOff + uint64(s.keyLen))
+	}
+	s.kind = slotEmpty
+}
+
+// insert puts bucket e in the table (W1).
+func (w *dedupWindow) insert(e uint64) {
+	tm := len(w.table) - 1
+	b := int(e>>32) & tm
+	for w.table[b] != 0 {
+		b = (b + 1) & tm
+	}
+	w.table[b] = e
+	w.count++
+}
+
+// delete removes bucket e from the table, if it is there, and shifts
+// back the buckets after it whose home is at or before the hole (W1).
+func (w *dedupWindow) delete(e uint64) {
+	tm := len(w.table) - 1
+	b := int(e>>32) & tm
+	for w.table[b] != e {
+		if w.table[b] == 0 {
+			return // remembered again later: the bucket moved on
+		}
+		b = (b + 1) & tm
+	}
+	hole := b
+	for j := (b + 1) & tm; w.table[j] != 0; j = (j + 1) & tm {
+		home := int(w.table[j]>>32) & tm
+		// The bucket at j may fill the hole if its home is not in
+		// (hole, j], cyclically.
+		if (j > hole && (home <= hole || home > j)) || (j < hole && home <= hole && home > j) {
+			w.table[hole] = w.table[j]
+			hole = j
+		}
+	}
+	w.table[hole] = 0
+	w.count--
+}
+
+// record returns the dedup journal record of index i, if the ring holds
+// it; i must be in the window.
+func (w *dedupWindow) record(i Index) ([]byte, bool) {
+	s := &w.ring[i%w.size]
+	switch s.kind {
+	case slotContinued:
+		return continuedRecord, true
+	case slotFirst:
+		return dedupRecord(s.id, string(w.keyOf(s))), true
+	}
+	return nil, false
+}
+
+// identities is how many identities are remembered.
+func (w *dedupWindow) identities() int { return w.count }
+
+// reset forgets everything.
+func (w *dedupWindow) reset() {
+	clear(w.ring)
+	clear(w.table)
+	w.count = 0
+	w.keys.start = w.keys.end
+	w.last, w.tail = 0, 0
+}
+
+// identityOf is Entry.identity for an entry with id and key.
+func identityOf(id EntryID, key string) string {
+	return Entry{ID: id, Key: key}.identity()
+}
+
+// keyRing holds the window's Idempotency-Keys, added and released in
+// index order, in one circular buffer. Offsets count bytes ever added; a
+// key never wraps around the buffer's end (the space before the end is
+// skipped instead), so each is one slice.
+type keyRing struct {
+	buf        []byte // len is a power of two, or 0
+	start, end uint64 // the live bytes are [start, end)
+}
+
+// add copies key in and returns its offset.
+func (r *keyRing) add(key string) uint64 {
+	n := uint64(len(key))
+	for {
+		c := uint64(len(r.buf))
+		var pad uint64
+		if c > 0 && r.end%c+n > c {
+			pad = c - r.end%c
+		}
+		if c > 0 && r.end+pad+n-r.start <= c {
+			r.end += pad
+			off := r.end
+			copy(r.buf[off%c:], key)
+			r.end += n
+			return off
+		}
+		r.grow(max(2*c, 4096))
+	}
+}
+
+// grow moves the live bytes into a buffer of c bytes, each to its offset
+// modulo c. c is a multiple of the old length, so a key that did not wrap
+// before does not now.
+func (r *keyRing) grow(c uint64) {
+	nb := make([]byte, c)
+	if old := uint64(len(r.buf)); old > 0 {
+		for p := r.start; p < r.end; {
+			n := min(r.end-p, old-p%old, c-p%c)
+			copy(nb[p%c:p%c+n], r.buf[p%old:p%old+n])
+			p += n
+		}
+	}
+	r.buf = nb
+}
+
+// get returns the n bytes at off.
+func (r *keyRing) get(off uint64, n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	c := uint64(len(r.buf))
+	return r.buf[off%c : off%c+uint64(n)]
+}
+
+// release frees every byte below upTo.
+func (r *keyRing) release(upTo uint64) {
+	if upTo > r.start {
+		r.start = upTo
+	}
 }

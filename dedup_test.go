@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,7 +395,7 @@ func TestDamagedDedupRecordRepaired(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dedup record %d after the scrub: %v", bad, err)
 	}
-	if _, k, err := decodeDedupRecord(p); err != nil || k != "k"+fmt.Sprint("k", bad) {
+	if _, k, err := decodeDedupRecord(p); err != nil || k != fmt.Sprint("k", bad) {
 		t.Fatalf("dedup record %d after the scrub holds %q, %v", bad, k, err)
 	}
 }
@@ -481,5 +483,182 @@ func TestDedupRebuiltWhenTheLogLosesItsTail(t *testing.T) {
 		if idx, ok := remembered(n.learner, fmt.Sprint("k", s)); !ok || idx != Index(s) {
 			t.Fatalf("k%d: %d %v after the restart, want %d", s, idx, ok, s)
 		}
+	}
+}
+
+// refWindow is the dedup window as a map from identity to where it went
+// and a ring of identities: the model dedupWindow must agree with.
+type refWindow struct {
+	size   Index
+	recent map[string]appliedEntry
+	ring   []string // identity at each index, "+" for a continued one
+	tail   string
+}
+
+func (r *refWindow) forgetBelow(i Index) {
+	if i > r.size {
+		if old := r.ring[i%r.size]; old != "+" && r.recent[old].index == i-r.size {
+			delete(r.recent, old)
+		}
+	}
+}
+
+func (r *refWindow) remember(i Index, id EntryID, key string) {
+	r.forgetBelow(i)
+	k := identityOf(id, key)
+	r.ring[i%r.size] = k
+	r.recent[k] = appliedEntry{index: i, last: i, id: id}
+	r.tail = k
+}
+
+func (r *refWindow) rememberContinued(i Index) {
+	r.forgetBelow(i)
+	r.ring[i%r.size] = "+"
+	if a, ok := r.recent[r.tail]; ok && a.last == i-1 {
+		a.last = i
+		r.recent[r.tail] = a
+	} else {
+		r.tail = ""
+	}
+}
+
+func (r *refWindow) record(i Index) ([]byte, bool) {
+	k := r.ring[i%r.size]
+	if k == "+" {
+		return continuedRecord, true
+	}
+	a, ok := r.recent[k]
+	if !ok || a.index != i {
+		return nil, false
+	}
+	if k[0] == 'k' {
+		return dedupRecord(a.id, k[1:]), true
+	}
+	return dedupRecord(a.id, ""), true
+}
+
+// TestDedupWindowMatchesModel drives dedupWindow and the map model with
+// the same random appends, batches and prefix installs (a reset, then
+// records from a later index), over small windows so that identities
+// leave and come back, with the hash narrowed to three bits in half the
+// runs so that most identities share a hash with another; every lookup,
+// every record in the window and the identity count must agree.
+func TestDedupWindowMatchesModel(t *testing.T) {
+	seed := testSeed(t)
+	for run := range 40 {
+		rng := rand.New(rand.NewPCG(uint64(seed), uint64(run)))
+		size := Index(1 + rng.IntN(80))
+		w := newDedupWindow(int(size))
+		if run%2 == 1 {
+			w.mask = 7
+		}
+		ref := &refWindow{size: size, recent: map[string]appliedEntry{}, ring: make([]string, size)}
+		type ident struct {
+			id  EntryID
+			key string
+		}
+		pool := make([]ident, 3*int(size)+2)
+		for p := range pool {
+			pool[p].id[0], pool[p].id[1], pool[p].id[15] = byte(p), byte(p>>8), 1
+			if rng.IntN(2) == 0 {
+				pool[p].key = strings.Repeat(string(rune('a'+p%26)), 1+rng.IntN(maxKeyBytes-4)) + fmt.Sprint(p)
+			}
+		}
+		last := Index(0)
+		for step := range 3000 {
+			switch op := rng.IntN(100); {
+			case op < 1: // a prefix install: forget everything, remember from a later index
+				w.reset()
+				clear(ref.recent)
+				clear(ref.ring)
+				ref.tail = ""
+				last += Index(rng.IntN(3 * int(size)))
+			case op < 3 && last > 0: // indices this window does not see (it never happens in a learner)
+				gap := Index(1 + rng.IntN(2*int(size)))
+				for j := last + 1; j <= last+gap; j++ {
+					ref.forgetBelow(j)
+					ref.ring[j%size] = ""
+				}
+				last += gap + 1
+				p := pool[rng.IntN(len(pool))]
+				if _, ok := ref.recent[identityOf(p.id, p.key)]; ok {
+					p = ident{id: EntryID{0xff, byte(step), byte(step >> 8)}} // not in the pool
+				}
+				w.remember(last, p.id, p.key)
+				ref.remember(last, p.id, p.key)
+			case op < 30 && last > 0:
+				last++
+				w.rememberContinued(last)
+				ref.rememberContinued(last)
+			default:
+				p := pool[rng.IntN(len(pool))]
+				if _, ok := ref.recent[identityOf(p.id, p.key)]; ok {
+					continue // applyLocked gives a remembered identity no index
+				}
+				last++
+				w.remember(last, p.id, p.key)
+				ref.remember(last, p.id, p.key)
+			}
+			p := pool[rng.IntN(len(pool))]
+			got, ok := w.lookup(p.id, p.key)
+			want, wok := ref.recent[identityOf(p.id, p.key)]
+			if got != want || ok != wok {
+				t.Fatalf("run %d (window %d) step %d: lookup %q = %+v %v, want %+v %v", run, size, step, p.key, got, ok, want, wok)
+			}
+			if step%50 != 0 && step != 2999 {
+				continue
+			}
+			if n := w.identities(); n != len(ref.recent) {
+				t.Fatalf("run %d step %d: %d identities, want %d", run, step, n, len(ref.recent))
+			}
+			for i := last; i > 0 && i+size > last; i-- {
+				got, ok := w.record(i)
+				want, wok := ref.record(i)
+				if !bytes.Equal(got, want) || ok != wok {
+					t.Fatalf("run %d step %d: record %d = %x %v, want %x %v", run, step, i, got, ok, want, wok)
+				}
+			}
+		}
+		if w.keys.end-w.keys.start > uint64(size)*(maxKeyBytes+4) {
+			t.Fatalf("run %d: the key ring holds %d bytes for a window of %d", run, w.keys.end-w.keys.start, size)
+		}
+	}
+}
+
+// TestKeyRingKeepsKeysWhole adds and releases keys of every length
+// through several growths and wraps: each key reads back whole and as
+// added, and the buffer stays a power of two no larger than twice what
+// it must hold.
+func TestKeyRingKeepsKeysWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(uint64(testSeed(t)), 1))
+	var r keyRing
+	type held struct {
+		off uint64
+		key string
+	}
+	var live []held
+	bytesLive, most := 0, 0
+	for step := range 20000 {
+		if len(live) > 0 && rng.IntN(100) < 45+step/1000 { // the window fills, then drains
+			bytesLive -= len(live[0].key)
+			r.release(live[0].off + uint64(len(live[0].key)))
+			live = live[1:]
+		} else {
+			k := fmt.Sprintf("%d:%s", step, strings.Repeat("x", rng.IntN(maxKeyBytes)))
+			live = append(live, held{r.add(k), k})
+			bytesLive += len(k)
+			most = max(most, bytesLive)
+		}
+		if step%97 == 0 {
+			for _, h := range live {
+				if got := string(r.get(h.off, len(h.key))); got != h.key {
+					t.Fatalf("step %d: key at %d reads %q, want %q", step, h.off, got, h.key)
+				}
+			}
+		}
+	}
+	c := len(r.buf)
+	if c&(c-1) != 0 || c > max(4096, 4*most) {
+		t.Fatalf("buffer of %d bytes for at most %d live", c, most)
 	}
 }

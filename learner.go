@@ -167,14 +167,12 @@ type Learner struct {
 	// bring (D3).
 	logOnly     Slot
 	applied     Slot
-	pending     map[Slot]Value          // chosen, waiting for the slots before them
-	knownCommit Slot                    // highest slot known chosen
-	commitFrom  NodeID                  // who said so: the peer to catch up from
-	window      Index                   // the dedup window, in indices
-	recent      map[string]appliedEntry // identity -> where it went, last window indices
-	ring        []string                // ring[i%window] = identity at index i (or continued)
-	tail        string                  // identity of the entry that took the last remembered index
-	waiters     map[string][]waiter     // identity -> appends waiting for it
+	pending     map[Slot]Value      // chosen, waiting for the slots before them
+	knownCommit Slot                // highest slot known chosen
+	commitFrom  NodeID              // who said so: the peer to catch up from
+	window      Index               // the dedup window, in indices
+	recent      *dedupWindow        // the identities at the last window indices
+	waiters     map[string][]waiter // identity -> appends waiting for it
 	// mems are memberships catch-up replies carried whose slots are not
 	// applied yet, oldest first: adopted as each slot is applied (M1).
 	mems []*membership
@@ -272,9 +270,8 @@ func newLearner(n *Node, j, d *journal, holes []uint64) *Learner {
 	l := &Learner{
 		n: n, journal: j, dedup: d,
 		pending: make(map[Slot]Value),
-		recent:  make(map[string]appliedEntry),
+		recent:  newDedupWindow(n.cfg.DedupWindow),
 		window:  Index(n.cfg.DedupWindow),
-		ring:    make([]string, n.cfg.DedupWindow),
 		waiters: make(map[string][]waiter),
 		notify:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
@@ -410,45 +407,6 @@ func (a appliedEntry) applied(id EntryID) Applied {
 	return Applied{Index: a.index, Last: a.last, Duplicate: a.id != id}
 }
 
-// continued marks, in the dedup ring, an index that a batch's entry took
-// after its first: it has no identity of its own (an identity begins with
-// 'k' or 'i').
-const continued = "+"
-
-// remember records identity k, of the entry id, at index i, and forgets
-// what fell out of the window. An identity is remembered while its first
-// index is in the window.
-func (l *Learner) remember(i Index, id EntryID, k string) {
-	l.forgetBelow(i)
-	l.ring[i%l.window] = k
-	l.recent[k] = appliedEntry{index: i, last: i, id: id}
-	l.tail = k
-}
-
-// rememberContinued records that index i continues the batch whose
-// entry took i-1.
-func (l *Learner) rememberContinued(i Index) {
-	l.forgetBelow(i)
-	l.ring[i%l.window] = continued
-	if a, ok := l.recent[l.tail]; ok && a.last == i-1 {
-		a.last = i
-		l.recent[l.tail] = a
-	} else {
-		l.tail = "" // its first index is not remembered here
-	}
-}
-
-// forgetBelow forgets the identity whose first index leaves the window as
-// index i enters it.
-func (l *Learner) forgetBelow(i Index) {
-	if i > l.window {
-		old := l.ring[i%l.window]
-		if a, ok := l.recent[old]; ok && a.index == i-l.window {
-			delete(l.recent, old)
-		}
-	}
-}
-
 // chosen hands the learner a chosen slot. Slots may arrive in any order
 // and more than once; they are applied in slot order.
 func (l *Learner) chosen(vals ...SlotValue) {
@@ -521,8 +479,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 	// once); Idempotency-Keys may repeat, so only keyed entries are
 	// checked against each other.
 	var fresh []Entry
-	var keys []string // identity of each fresh entry
-	var seenKeys map[string]bool
+	var seenKeys map[string]bool // Idempotency-Keys of the fresh entries
 	var setMem *membership
 	for _, e := range v.Entries {
 		if e.isSystem() {
@@ -531,21 +488,19 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 			}
 			continue
 		}
-		k := e.identity()
-		if _, dup := l.recent[k]; dup {
+		if _, dup := l.recent.lookup(e.ID, e.Key); dup {
 			continue
 		}
 		if e.Key != "" {
-			if seenKeys[k] {
+			if seenKeys[e.Key] {
 				continue
 			}
 			if seenKeys == nil {
 				seenKeys = make(map[string]bool)
 			}
-			seenKeys[k] = true
+			seenKeys[e.Key] = true
 		}
 		fresh = append(fresh, e)
-		keys = append(keys, k)
 	}
 	if len(fresh) > 0 {
 		// Every value of a fresh entry gets an index: a batch's first
@@ -596,21 +551,24 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 			return fmt.Errorf("apply slot %d: dedup journal at %d, client log at %d", slot, lastDedup, lastRec)
 		}
 		l.sum = sum
-		for i, e := range fresh {
+		for _, e := range fresh {
 			l.last++
-			k := keys[i]
 			got := appliedEntry{index: l.last, last: l.last + Index(len(e.More)), id: e.ID}
-			l.remember(l.last, e.ID, k)
+			l.recent.remember(l.last, e.ID, e.Key)
 			if l.n.onApply != nil {
 				l.n.onApply(l.last, e.Data)
 			}
 			for _, d := range e.More {
 				l.last++
-				l.rememberContinued(l.last)
+				l.recent.rememberContinued(l.last)
 				if l.n.onApply != nil {
 					l.n.onApply(l.last, d)
 				}
 			}
+			if len(l.waiters) == 0 {
+				continue
+			}
+			k := e.identity()
 			for _, w := range l.waiters[k] { // from got: a batch longer than the window is forgotten already
 				w.ch <- got.applied(w.id)
 			}
@@ -704,7 +662,7 @@ func (l *Learner) await(e Entry) <-chan Applied {
 	k := e.identity()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if a, ok := l.recent[k]; ok {
+	if a, ok := l.recent.lookup(e.ID, e.Key); ok {
 		ch <- a.applied(e.ID)
 		return ch
 	}
@@ -1152,17 +1110,19 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 			delete(l.pending, s)
 		}
 	}
-	clear(l.recent)
-	clear(l.ring)
-	l.tail = ""
+	l.recent.reset()
 	for k, p := range resp.Dedup {
 		if err := l.rememberRecord(resp.DedupFrom+Index(k), p); err != nil {
 			return err
 		}
 	}
 	for _, p := range resp.Dedup { // appends here whose entry got an index in the prefix
-		_, ident, _ := decodeDedupRecord(p)
-		if a, ok := l.recent[ident]; ok && ident != "" {
+		id, key, _ := decodeDedupRecord(p)
+		if id == (EntryID{}) {
+			continue
+		}
+		ident := identityOf(id, key)
+		if a, ok := l.recent.lookup(id, key); ok {
 			for _, w := range l.waiters[ident] {
 				w.ch <- a.applied(w.id)
 			}

@@ -151,7 +151,7 @@ func newMetrics(n *Node) *metrics {
 		}
 		n.learner.mu.Lock()
 		defer n.learner.mu.Unlock()
-		return float64(len(n.learner.recent))
+		return float64(n.learner.recent.identities())
 	})
 	m.reg.MustRegister(m.prefixInstalls, dedupKeys)
 	m.reg.MustRegister(m.repairs, m.recovering, m.replicaAlarm, m.members, m.voters, m.memberChanges, peerCollector{n: n,

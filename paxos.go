@@ -500,6 +500,7 @@ func (c *Config) setDefaults() {
 	if c.DedupWindow <= 0 {
 		c.DedupWindow = defaultDedupWindow
 	}
+	c.DedupWindow = min(c.DedupWindow, maxDedupWindow)
 	if c.SlowSync <= 0 {
 		c.SlowSync = 100 * time.Millisecond
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -278,5 +279,70 @@ func BenchmarkCatchUp(b *testing.B) {
 			}
 			b.ReportMetric(float64(entries)/b.Elapsed().Seconds(), "entries/s")
 		})
+	}
+}
+
+// BenchmarkDedupWindow: the dedup window full at defaultDedupWindow
+// indices, for entries without Idempotency-Keys and with 36-byte ones
+// (a UUID), as dedupWindow holds it and as a map from identity to where
+// it went plus a ring of identity strings (refWindow, the form it
+// replaced) would. Reports the live heap the window takes and, per op,
+// one index remembered in the steady state (one identity in, one out;
+// the allocations include making the key).
+func BenchmarkDedupWindow(b *testing.B) {
+	type window interface {
+		remember(Index, EntryID, string)
+	}
+	forms := []struct {
+		name string
+		make func() window
+	}{
+		{"compact", func() window { return newDedupWindow(defaultDedupWindow) }},
+		{"map", func() window {
+			return &refWindow{size: defaultDedupWindow, recent: map[string]appliedEntry{}, ring: make([]string, defaultDedupWindow)}
+		}},
+	}
+	ident := func(i Index, keyed bool) (EntryID, string) {
+		var id EntryID
+		binary.BigEndian.PutUint64(id[8:], uint64(i))
+		id[0] = 1
+		if !keyed {
+			return id, ""
+		}
+		return id, fmt.Sprintf("%08x-0000-4000-8000-%012x", uint32(i>>48), uint64(i)&0xffffffffffff)
+	}
+	for _, keyed := range []bool{false, true} {
+		for _, f := range forms {
+			name := f.name + "/no-keys"
+			if keyed {
+				name = f.name + "/36-byte-keys"
+			}
+			b.Run(name, func(b *testing.B) {
+				heap := func() uint64 {
+					runtime.GC()
+					var ms runtime.MemStats
+					runtime.ReadMemStats(&ms)
+					return ms.HeapAlloc
+				}
+				before := heap()
+				w := f.make()
+				i := Index(0)
+				for ; i < defaultDedupWindow; i++ {
+					id, key := ident(i+1, keyed)
+					w.remember(i+1, id, key)
+				}
+				full := heap() - before
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					i++
+					id, key := ident(i, keyed)
+					w.remember(i, id, key)
+				}
+				b.StopTimer()
+				runtime.KeepAlive(w)
+				b.ReportMetric(float64(full)/(1<<20), "heap-MB-full")
+			})
+		}
 	}
 }
