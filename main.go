@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,7 +44,16 @@ type options struct {
 	logLevel   slog.Level
 	logJSON    bool
 	tls        *tlsSetup // nil: plain HTTP
+	memLimit   int64     // the Go runtime's soft memory limit: 0 none, -1 GOMEMLIMIT's
 }
+
+// memoryBase is what a node's memory limit allows besides twice the
+// largest batch body: the dedup window without keys (12 MiB), the
+// journals' tail segments and their caches (about 20 MiB), accepted
+// values until the acceptor's checkpoint and the rest of the heap, with
+// room for the collector to work in. At the default --max-batch-bytes the
+// default limit is 90 MiB.
+const memoryBase = 58 << 20
 
 // Main runs paxoslog with args and returns the process's exit status.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
@@ -90,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	retainEntries := fs.Int("retain-entries", 0, "keep the last this many entries (0: no limit; the last entry always stays)")
 	retainAge := fs.Duration("retain-age", 0, "drop entries applied longer ago than this (0: no limit; the last entry always stays)")
 	retainBytes := fs.Int64("retain-bytes", 0, "keep the client log (--data/log) under about this many bytes on disk (0: no limit; Idempotency-Keys are kept apart, in --data/dedup)")
+	memLimit := fs.Int64("memory-limit", 0, "soft limit in bytes on the Go heap and runtime: the collector works harder as memory nears it (0: none; default 58 MiB plus twice --max-batch-bytes, 90 MiB at its default, unless GOMEMLIMIT is set)")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) to serve HTTPS with; needs --tls-key")
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM bundle of the CA(s) that sign every member's certificate: peers verify each other (mutual TLS)")
@@ -138,6 +150,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if *maxBatchBytes < 1 || *maxBatchBytes > maxSlotBytes*4 {
 		return nil, usagef("--max-batch-bytes must be an integer from 1 to %d, got %d", maxSlotBytes*4, *maxBatchBytes)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case *memLimit < 0:
+		return nil, usagef("--memory-limit must not be negative, got %d", *memLimit)
+	case set["memory-limit"]:
+		o.memLimit = *memLimit
+	case os.Getenv("GOMEMLIMIT") != "":
+		o.memLimit = -1
+	default:
+		o.memLimit = memoryBase + 2*int64(*maxBatchBytes)
 	}
 	if *heartbeat <= 0 || *election <= *heartbeat || *reqTimeout <= 0 {
 		return nil, usagef("need 0 < --heartbeat < --election-timeout and a positive --request-timeout")
@@ -281,6 +305,12 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	logger := slog.New(handler)
 	o.node.Logger = logger
+	switch {
+	case o.memLimit > 0:
+		debug.SetMemoryLimit(o.memLimit)
+	case o.memLimit == 0:
+		debug.SetMemoryLimit(math.MaxInt64)
+	}
 	var peerTLS *tls.Config
 	if o.tls != nil {
 		peerTLS = o.tls.clientConfig()
@@ -313,7 +343,12 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		srv.TLSConfig = o.tls.serverConfig()
 	}
 	srv.RegisterOnShutdown(endFeeds)
-	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "tls", o.tls.String(), "members", len(o.peers), "data", o.node.DataDir)
+	var memLimit any = "none"
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		memLimit = fmt.Sprintf("%dMiB", l>>20)
+	}
+	logger.Info("paxoslog serving", "id", o.node.ID, "listen", ln.Addr().String(), "tls", o.tls.String(), "members", len(o.peers), "data", o.node.DataDir,
+		"memory_limit", memLimit)
 
 	// Interrupts run in this order: the node hands leadership over while
 	// the HTTP server still serves peers and clients, then HTTP stops.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -31,6 +32,7 @@ func TestMainBadFlags(t *testing.T) {
 		{"listen port not a number", func(_ *testing.T, d string) []string { return []string{"--listen", "localhost:abc", "--data", d} }, "--listen port"},
 		{"batch of no entries", func(_ *testing.T, d string) []string { return []string{"--max-batch-entries", "0", "--data", d} }, "--max-batch-entries must be an integer from 1 to 65536"},
 		{"batch of too many entries", func(_ *testing.T, d string) []string { return []string{"--max-batch-entries", "65537", "--data", d} }, "--max-batch-entries"},
+		{"negative memory limit", func(_ *testing.T, d string) []string { return []string{"--memory-limit=-1", "--data", d} }, "--memory-limit must not be negative"},
 		{"batch body too large", func(_ *testing.T, d string) []string { return []string{"--max-batch-bytes", "67108865", "--data", d} }, "--max-batch-bytes must be an integer from 1 to 67108864"},
 		{"peers missing own id", func(_ *testing.T, d string) []string {
 			return []string{"--id", "3", "--peers", "1=http://127.0.0.1:7071,2=http://127.0.0.1:7072", "--data", d}
@@ -146,6 +148,33 @@ func TestParseFlagsDefaults(t *testing.T) {
 	checkDataDirLeftClean(t, o.node.DataDir)
 	if o.clusterKey != "" {
 		t.Errorf("cluster key = %q, want none", o.clusterKey)
+	}
+}
+
+// TestParseFlagsMemoryLimit: the default limit follows --max-batch-bytes,
+// --memory-limit wins over GOMEMLIMIT, and GOMEMLIMIT over the default.
+func TestParseFlagsMemoryLimit(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, c := range []struct {
+		env  string
+		args []string
+		want int64
+	}{
+		{"", nil, 90 << 20},
+		{"", []string{"--max-batch-bytes", "67108864"}, memoryBase + 128<<20},
+		{"", []string{"--memory-limit", "0"}, 0},
+		{"", []string{"--memory-limit", "300000000"}, 300000000},
+		{"200MiB", nil, -1},
+		{"200MiB", []string{"--memory-limit", "0"}, 0},
+	} {
+		t.Setenv("GOMEMLIMIT", c.env)
+		o, err := parseFlags(c.args, io.Discard)
+		if err != nil {
+			t.Fatalf("GOMEMLIMIT=%q %v: %v", c.env, c.args, err)
+		}
+		if o.memLimit != c.want {
+			t.Errorf("GOMEMLIMIT=%q %v: memory limit %d, want %d", c.env, c.args, o.memLimit, c.want)
+		}
 	}
 }
 
