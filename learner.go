@@ -201,6 +201,9 @@ type learnerFloor struct {
 	known bool
 }
 
+// dedupSegmentBytes bounds the dedup journal's segment size.
+const dedupSegmentBytes = 1 << 20
+
 func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Duration)) (*Learner, error) {
 	seg := n.cfg.SegmentBytes
 	if seg <= 0 {
@@ -226,7 +229,10 @@ func openLearner(n *Node, dir string, floor learnerFloor, onSync func(time.Durat
 	}
 	// The dedup journal: what its tail lost is filled from the client log
 	// as it reconciles (dedupReconcile), or else its loss is handled there.
-	d, err := openJournal(filepath.Join(filepath.Dir(dir), "dedup"), journalOptions{OnSync: onSync, SegmentSize: seg})
+	// Its segments are at most dedupSegmentBytes: its records are small,
+	// and tidwall/wal keeps a position for each record of its tail and
+	// cached segments in memory (16 bytes, about as much as the record).
+	d, err := openJournal(filepath.Join(filepath.Dir(dir), "dedup"), journalOptions{OnSync: onSync, SegmentSize: min(seg, dedupSegmentBytes)})
 	if err != nil {
 		j.Close()
 		return nil, err

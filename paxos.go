@@ -462,10 +462,10 @@ type Config struct {
 	// DedupWindow is the dedup window in indices; it must be equal on
 	// every node (default 2^18). Tests shrink it.
 	DedupWindow int
-	// SegmentBytes is the client log's and the dedup journal's segment
-	// file size (default 4 MiB, so retention frees space in small steps;
-	// the acceptor's is 4 MiB too). Each journal holds its tail segment
-	// and one more in memory (wal.go).
+	// SegmentBytes is the client log's segment file size, and the dedup
+	// journal's up to dedupSegmentBytes (default 4 MiB, so retention
+	// frees space in small steps; the acceptor's is 4 MiB too). Each
+	// journal holds its tail segment and one more in memory (wal.go).
 	SegmentBytes int
 
 	SlowSync time.Duration // an fsync slower than this is logged as a warning (default 100ms)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -130,15 +129,24 @@ func readStreamBody(r *bufio.Reader) ([]byte, error) {
 		}
 		return body, nil
 	}
-	// A large body grows as it arrives: a length alone allocates nothing.
-	var b bytes.Buffer
-	if _, err := b.ReadFrom(io.LimitReader(r, int64(n))); err != nil {
-		return nil, err
+	// A large body grows as it arrives, from 1 MiB, so that a length
+	// alone allocates little, to exactly n bytes: accepted values point
+	// into the body until the acceptor's next checkpoint, and slack
+	// capacity would stay pinned with them.
+	body := make([]byte, min(n, 1<<20))
+	for got := 0; ; {
+		m, err := io.ReadFull(r, body[got:])
+		got += m
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		if got == int(n) {
+			return body, nil
+		}
+		grown := make([]byte, min(int(n), 2*len(body)))
+		copy(grown, body)
+		body = grown
 	}
-	if b.Len() < int(n) {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return b.Bytes(), nil
 }
 
 // unexpectedEOF turns an EOF inside a frame into io.ErrUnexpectedEOF.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -313,6 +314,30 @@ func TestPeerStreamContextEndsCall(t *testing.T) {
 		}
 		if n := conns.Load(); n != int32(i+1) {
 			t.Fatalf("call %d: %d connections, want %d (a cut-off stream is not reused)", i, n, i+1)
+		}
+	}
+}
+
+// TestReadStreamBodySizes: a frame's body reads back whole at every size
+// around the thresholds, takes exactly its length in memory (accepted
+// values pin it), and a frame cut short is io.ErrUnexpectedEOF.
+func TestReadStreamBodySizes(t *testing.T) {
+	for _, n := range []int{0, 1, 64 << 10, 64<<10 + 1, 1 << 20, 1<<20 + 1, 3<<20 + 5} {
+		want := bytes.Repeat([]byte{byte(n), 7, 9}, n/3+1)[:n]
+		frame := binary.BigEndian.AppendUint32(nil, uint32(n))
+		frame = append(frame, want...)
+		got, err := readStreamBody(bufio.NewReader(bytes.NewReader(frame)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: got %d bytes, %v", n, len(got), err)
+		}
+		if cap(got) != n {
+			t.Errorf("%d bytes: capacity %d", n, cap(got))
+		}
+		if n > 0 {
+			_, err := readStreamBody(bufio.NewReader(bytes.NewReader(frame[:len(frame)-1])))
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("%d bytes cut short by one: %v, want io.ErrUnexpectedEOF", n, err)
+			}
 		}
 	}
 }
