@@ -90,7 +90,7 @@ func decodeDedupRecord(p []byte) (EntryID, string, error) {
 	if bytes.Equal(p, continuedRecord) {
 		return id, "", nil
 	}
-	if len(p) < 1+len(id) || p[0] != 1 || bytes.Equal(p[1:1+len(id)], id[:]) {
+	if len(p) < 1+len(id) || p[0] != 1 || bytes.Equal(p[1:1+len(id)], id[:]) || len(p)-1-len(id) > maxKeyBytes {
 		return id, "", errBadDedupRecord
 	}
 	copy(id[:], p[1:])
@@ -493,6 +493,8 @@ type dedupWindow struct {
 	count int      // buckets in use
 	keys  keyRing
 	tail  Index // first index of the append that took the last remembered index; 0: not remembered
+	// grew, if set, hears the key buffer's new size each time it grows.
+	grew func(bytes int)
 }
 
 // dedupSlot is what the ring holds for one index.
@@ -600,7 +602,11 @@ func (w *dedupWindow) remember(i Index, id EntryID, key string) {
 	}
 	s := dedupSlot{id: id, kind: slotFirst, keyLen: uint8(len(key))}
 	if key != "" {
+		c := len(w.keys.buf)
 		s.keyOff = w.keys.add(key)
+		if len(w.keys.buf) != c && w.grew != nil {
+			w.grew(len(w.keys.buf))
+		}
 	}
 	pos := uint32(i % w.size)
 	e := uint64(w.hash(id, key))<<32 | uint64(pos) + 1

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -628,7 +629,8 @@ func TestDedupWindowMatchesModel(t *testing.T) {
 // TestKeyRingKeepsKeysWhole adds and releases keys of every length
 // through several growths and wraps: each key reads back whole and as
 // added, and the buffer stays a power of two no larger than twice what
-// it must hold.
+// it must hold (the live keys, and a key's worth of padding before the
+// end of the buffer).
 func TestKeyRingKeepsKeysWhole(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(testSeed(t)), 1))
 	var r keyRing
@@ -658,7 +660,36 @@ func TestKeyRingKeepsKeysWhole(t *testing.T) {
 		}
 	}
 	c := len(r.buf)
-	if c&(c-1) != 0 || c > max(4096, 4*most) {
+	if c&(c-1) != 0 || c > max(4096, 2*(most+2*(maxKeyBytes+16))) {
 		t.Fatalf("buffer of %d bytes for at most %d live", c, most)
+	}
+}
+
+// TestWatchDedupKeys: the watcher hears the key buffer's size at once
+// and again each time keys make it grow, and only then.
+func TestWatchDedupKeys(t *testing.T) {
+	n, err := NewNode(Config{ID: 1, DataDir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var mu sync.Mutex
+	var sizes []int
+	n.learner.watchDedupKeys(func(b int) {
+		mu.Lock()
+		sizes = append(sizes, b)
+		mu.Unlock()
+	})
+	for s := 1; s <= 100; s++ {
+		var id EntryID
+		copy(id[:], fmt.Sprintf("watch-%d", s))
+		e := Entry{ID: id, Key: fmt.Sprintf("%0100d", s), Data: []byte(`1`)}
+		n.learner.chosen(SlotValue{Slot: Slot(s), Value: Value{Entries: []Entry{e}}})
+	}
+	waitFor(t, 5*time.Second, "100 keyed entries applied", func() bool { _, last := n.learner.Bounds(); return last == 100 })
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{0, 4096, 8192, 16384}; !slices.Equal(sizes, want) { // 100 keys of 100 bytes
+		t.Fatalf("key buffer sizes heard %v, want %v", sizes, want)
 	}
 }

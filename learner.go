@@ -662,6 +662,16 @@ type waiter struct {
 // for everyone else). If the identity is already in the window, the
 // channel is ready at once. Waiting on the identity rather than on e's
 // slot matters: a duplicate never reaches the client log, so a node that
+// watchDedupKeys calls f with the size of the dedup window's key buffer
+// now and each time it grows, under l.mu (serve raises the default
+// memory limit with it: the keys' bytes depend on the clients).
+func (l *Learner) watchDedupKeys(f func(bytes int)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recent.grew = f
+	f(len(l.recent.keys.buf))
+}
+
 // learns the slot from a peer's log would not see e at all.
 func (l *Learner) await(e Entry) <-chan Applied {
 	ch := make(chan Applied, 1)

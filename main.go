@@ -45,14 +45,16 @@ type options struct {
 	logJSON    bool
 	tls        *tlsSetup // nil: plain HTTP
 	memLimit   int64     // the Go runtime's soft memory limit: 0 none, -1 GOMEMLIMIT's
+	memAuto    bool      // memLimit is the default: it grows with the dedup window's keys
 }
 
-// memoryBase is what a node's memory limit allows besides twice the
-// largest batch body: the dedup window without keys (12 MiB), the
-// journals' tail segments and their caches (about 20 MiB), accepted
-// values until the acceptor's checkpoint and the rest of the heap, with
-// room for the collector to work in. At the default --max-batch-bytes the
-// default limit is 90 MiB.
+// memoryBase is what a node's default memory limit allows besides twice
+// the largest batch body and the dedup window's Idempotency-Keys (their
+// buffer, which grows with the keys clients send): the rest of the dedup
+// window (12 MiB), the journals' tail segments and their caches (about
+// 20 MiB), accepted values until the acceptor's checkpoint and the rest
+// of the heap, with room for the collector to work in. At the default
+// --max-batch-bytes and before any key the default limit is 90 MiB.
 const memoryBase = 58 << 20
 
 // Main runs paxoslog with args and returns the process's exit status.
@@ -101,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	retainEntries := fs.Int("retain-entries", 0, "keep the last this many entries (0: no limit; the last entry always stays)")
 	retainAge := fs.Duration("retain-age", 0, "drop entries applied longer ago than this (0: no limit; the last entry always stays)")
 	retainBytes := fs.Int64("retain-bytes", 0, "keep the client log (--data/log) under about this many bytes on disk (0: no limit; Idempotency-Keys are kept apart, in --data/dedup)")
-	memLimit := fs.Int64("memory-limit", 0, "soft limit in bytes on the Go heap and runtime: the collector works harder as memory nears it (0: none; default 58 MiB plus twice --max-batch-bytes, 90 MiB at its default, unless GOMEMLIMIT is set)")
+	memLimit := fs.Int64("memory-limit", 0, "soft limit in bytes on the Go heap and runtime: the collector works harder as memory nears it (0: none; default 58 MiB plus twice --max-batch-bytes plus the dedup window's Idempotency-Keys, 90 MiB before any key at the defaults, unless GOMEMLIMIT is set)")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) to serve HTTPS with; needs --tls-key")
 	tlsKey := fs.String("tls-key", "", "PEM private key of --tls-cert")
 	tlsCA := fs.String("tls-ca", "", "PEM bundle of the CA(s) that sign every member's certificate: peers verify each other (mutual TLS)")
@@ -162,6 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.memLimit = -1
 	default:
 		o.memLimit = memoryBase + 2*int64(*maxBatchBytes)
+		o.memAuto = true
 	}
 	if *heartbeat <= 0 || *election <= *heartbeat || *reqTimeout <= 0 {
 		return nil, usagef("need 0 < --heartbeat < --election-timeout and a positive --request-timeout")
@@ -322,6 +325,9 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 	defer node.Close()
+	if o.memAuto {
+		node.learner.watchDedupKeys(func(keys int) { debug.SetMemoryLimit(o.memLimit + int64(keys)) })
+	}
 	transport.setCluster(node.ClusterID())
 	node.onIdentity = func() { transport.setCluster(node.ClusterID()) }
 	transport.setPeers(node.peerURLs()) // the membership recorded in --data may name others than --peers

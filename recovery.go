@@ -703,7 +703,9 @@ func (n *Node) discover(ctx context.Context) {
 			// holder reports, not --peers: --peers lists ids, not who
 			// votes, and a rebuild that counted a non-voter as a voter
 			// would wait for a majority it cannot get while its fences
-			// outbid every campaign of the members that have one.
+			// outbid every campaign of the members that have one. A
+			// recovering holder's membership counts too: each was chosen
+			// (Slot > 0), and the newest of those that answer wins.
 			var newest *membership
 			for _, a := range answers {
 				if a.State == "member" && a.Membership != nil && a.Membership.Slot > 0 &&
