@@ -499,7 +499,7 @@ func (a *Acceptor) sealNow() error {
 // accepted values stay in memory (they point into the messages that
 // brought them), so with batch appends a count of records alone would
 // let memory grow to CheckpointEvery whole slots.
-const checkpointBytes = 16 << 20
+const checkpointBytes = 4 << 20
 
 // run returns the acceptor's background loop: it compacts the journal once
 // enough records (or bytes of them) have built up and the learner has
