@@ -560,14 +560,24 @@ func (w *dedupWindow) indexAt(pos uint32) Index {
 }
 
 // find returns the first index of the identity of id and key, if it is
-// remembered, and the table bucket that holds it.
-func (w *dedupWindow) find(id EntryID, key string) (Index, int, bool) {
-	h := w.hash(id, key)
+// remembered.
+func (w *dedupWindow) find(id EntryID, key string) (Index, bool) {
+	b, ok := w.probe(w.hash(id, key), id, key)
+	if !ok {
+		return 0, false
+	}
+	return w.indexAt(uint32(w.table[b]) - 1), true
+}
+
+// probe walks the table from the home of hash bits h: it returns the
+// bucket that holds the identity of id and key, or else the empty bucket
+// that ends the run, where it would go (W1).
+func (w *dedupWindow) probe(h uint32, id EntryID, key string) (int, bool) {
 	tm := len(w.table) - 1
 	for b := int(h) & tm; ; b = (b + 1) & tm {
 		e := w.table[b]
 		if e == 0 {
-			return 0, 0, false
+			return b, false
 		}
 		if uint32(e>>32) != h {
 			continue
@@ -577,7 +587,7 @@ func (w *dedupWindow) find(id EntryID, key string) (Index, int, bool) {
 			continue
 		}
 		if key != "" && string(w.keyOf(s)) == key || key == "" && s.id == id {
-			return w.indexAt(uint32(e) - 1), b, true
+			return b, true
 		}
 	}
 }
@@ -585,7 +595,7 @@ func (w *dedupWindow) find(id EntryID, key string) (Index, int, bool) {
 // lookup returns where the identity of id and key went, if it is
 // remembered.
 func (w *dedupWindow) lookup(id EntryID, key string) (appliedEntry, bool) {
-	i, _, ok := w.find(id, key)
+	i, ok := w.find(id, key)
 	if !ok {
 		return appliedEntry{}, false
 	}
@@ -609,12 +619,12 @@ func (w *dedupWindow) remember(i Index, id EntryID, key string) {
 		}
 	}
 	pos := uint32(i % w.size)
-	e := uint64(w.hash(id, key))<<32 | uint64(pos) + 1
-	if _, b, ok := w.find(id, key); ok {
-		w.table[b] = e // remembered again: its later index is the one to find
-	} else {
-		w.insert(e)
+	h := w.hash(id, key)
+	b, again := w.probe(h, id, key)
+	if !again { // remembered again: its later index is the one to find
+		w.count++
 	}
+	w.table[b] = uint64(h)<<32 | uint64(pos) + 1
 	w.ring[pos] = s
 	w.tail = i
 }
@@ -666,17 +676,6 @@ func (w *dedupWindow) forget(i Index) {
 		w.keys.release(s.keyOff + uint64(s.keyLen))
 	}
 	s.kind = slotEmpty
-}
-
-// insert puts bucket e in the table (W1).
-func (w *dedupWindow) insert(e uint64) {
-	tm := len(w.table) - 1
-	b := int(e>>32) & tm
-	for w.table[b] != 0 {
-		b = (b + 1) & tm
-	}
-	w.table[b] = e
-	w.count++
 }
 
 // delete removes bucket e from the table, if it is there, and shifts

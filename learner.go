@@ -656,12 +656,6 @@ type waiter struct {
 	ch chan Applied
 }
 
-// await registers interest in e's identity. The channel receives once an
-// entry with that identity is applied: e itself, or, for an Idempotency-Key,
-// whichever append with that key was chosen first (Duplicate is then set
-// for everyone else). If the identity is already in the window, the
-// channel is ready at once. Waiting on the identity rather than on e's
-// slot matters: a duplicate never reaches the client log, so a node that
 // watchDedupKeys calls f with the size of the dedup window's key buffer
 // now and each time it grows, under l.mu (serve raises the default
 // memory limit with it: the keys' bytes depend on the clients).
@@ -672,6 +666,12 @@ func (l *Learner) watchDedupKeys(f func(bytes int)) {
 	f(len(l.recent.keys.buf))
 }
 
+// await registers interest in e's identity. The channel receives once an
+// entry with that identity is applied: e itself, or, for an Idempotency-Key,
+// whichever append with that key was chosen first (Duplicate is then set
+// for everyone else). If the identity is already in the window, the
+// channel is ready at once. Waiting on the identity rather than on e's
+// slot matters: a duplicate never reaches the client log, so a node that
 // learns the slot from a peer's log would not see e at all.
 func (l *Learner) await(e Entry) <-chan Applied {
 	ch := make(chan Applied, 1)
