@@ -577,3 +577,62 @@ func TestLeaderOwnAcceptanceIsLazy(t *testing.T) {
 	c.mustAppend(c.leader(5*time.Second), `"after"`)
 	c.check()
 }
+
+// TestFollowerGathersForwards: while a forward is on its way to the
+// leader, appends that reach a follower wait, and go to the leader
+// together in the next forward, not in one request each.
+func TestFollowerGathersForwards(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	follower := leader%3 + 1
+	c.mustAppend(follower, `"warm"`) // the follower knows the leader
+	const n = 16
+	var mu sync.Mutex
+	forwards := 0
+	release := make(chan struct{})
+	c.net.setHook(func(from, to NodeID, method string, body []byte) bool {
+		if method == methodForward && from == follower {
+			mu.Lock()
+			forwards++
+			first := forwards == 1
+			mu.Unlock()
+			if first {
+				<-release // the first forward is on its way until all n are taken
+			}
+		}
+		return true
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.appendTo(context.Background(), follower, fmt.Sprintf(`{"gathered":%d}`, i)); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	p := c.node(follower).proposer
+	waitFor(t, 5*time.Second, fmt.Sprintf("the follower to take %d appends", n), func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.pending) == n
+	})
+	mu.Lock()
+	during := forwards
+	mu.Unlock()
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("append through the follower: %v", err)
+	}
+	mu.Lock()
+	total := forwards
+	mu.Unlock()
+	if during != 1 || total != 2 {
+		t.Errorf("%d appends through a follower took %d forwards while the first was in flight and %d in all; want 1 and 2", n, during, total)
+	}
+	c.check()
+}
