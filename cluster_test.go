@@ -200,6 +200,10 @@ type testCluster struct {
 	nodes   map[NodeID]*testNode
 	acked   map[string]Index  // data -> index acknowledged to a client
 	armed   map[NodeID]string // crash the node at this acceptor hook point
+	// atPoint, if set, runs each time a node's acceptor reaches a hook
+	// point ("written", "synced"), before armed is looked at: a test
+	// may hold the acceptor there.
+	atPoint func(id NodeID, point string)
 	boots   int
 
 	memMu  sync.Mutex
@@ -328,6 +332,12 @@ func (c *testCluster) start(id NodeID) {
 	n.onMembership = func(m *membership) { c.recordMembership(id, m) }
 	n.onApply = func(i Index, data []byte) { c.recordApplied(id, i, data) }
 	n.acceptor.hook = func(point string) error {
+		c.mu.Lock()
+		at := c.atPoint
+		c.mu.Unlock()
+		if at != nil {
+			at(id, point)
+		}
 		c.mu.Lock()
 		fire := c.armed[id] == point
 		if fire {

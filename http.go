@@ -509,22 +509,11 @@ func (s *server) peer(method string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		out, then, err := s.n.handle(c.Request().Context(), c.Request().Header.Get(clusterHeader), method, body)
+		out, err := s.n.handle(c.Request().Context(), c.Request().Header.Get(clusterHeader), method, body)
 		if err != nil {
 			return err
 		}
-		if then == nil {
-			return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out)
-		}
-		// Reply in full (a known length, so the peer need not wait for
-		// the end of this handler), then do the rest.
-		c.Response().Header().Set(echo.HeaderContentLength, strconv.Itoa(len(out)))
-		if err := c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out); err != nil {
-			return err
-		}
-		c.Response().Flush()
-		then()
-		return nil
+		return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out)
 	}
 }
 

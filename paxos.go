@@ -881,11 +881,7 @@ func (n *Node) callSelf(req, resp any) (bool, error) {
 	var err error
 	switch r := req.(type) {
 	case AcceptReq:
-		var learn func()
-		*resp.(*Accepted), learn, err = n.onAccept(r)
-		if learn != nil {
-			learn()
-		}
+		*resp.(*Accepted), err = n.onAccept(r)
 	case PrepareReq:
 		*resp.(*Promise), err = n.onPrepare(r)
 	case LearnReq:
@@ -899,26 +895,21 @@ func (n *Node) callSelf(req, resp any) (bool, error) {
 // Handle serves one peer request from a node of cluster (its identity,
 // "" if it does not know it); it is what the in-memory transport calls.
 func (n *Node) Handle(ctx context.Context, cluster, method string, body []byte) ([]byte, error) {
-	out, then, err := n.handle(ctx, cluster, method, body)
-	if then != nil {
-		then()
-	}
-	return out, err
+	return n.handle(ctx, cluster, method, body)
 }
 
-// handle serves one peer request and returns, besides the reply, work to
-// do once the reply is on its way (nil: none). The /paxos/<method>
-// endpoints send the reply first. A message that names another cluster is
-// refused, unless it asks who this node is (hello).
-func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) (out []byte, then func(), err error) {
+// handle serves one peer request and returns the reply. A message that
+// names another cluster is refused, unless it asks who this node is
+// (hello).
+func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) (out []byte, err error) {
 	select {
 	case <-n.stopped:
-		return nil, nil, ErrStopped
+		return nil, ErrStopped
 	default:
 	}
 	if method != methodHello {
 		if err := n.checkCluster(cluster, method); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	var resp any
@@ -935,7 +926,7 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			pr, err = n.onPrepare(req)
 			if err == nil && req.Binary {
 				out, err = pr.MarshalBinary()
-				return out, nil, err
+				return out, err
 			}
 			if err == nil && valuesHaveBatch(pr.Accepted) {
 				err = errBatchForOldBuild // it would drop the batch's later entries
@@ -945,7 +936,7 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 	case methodAccept:
 		var req AcceptReq
 		if err = req.UnmarshalBinary(body); err == nil {
-			resp, then, err = n.onAccept(req)
+			resp, err = n.onAccept(req)
 		}
 	case methodLearn:
 		var req LearnReq
@@ -965,7 +956,7 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			r.Memberships = n.membershipsFor(req.Slot, upTo)
 			if err == nil && req.Binary {
 				out, err = r.MarshalBinary()
-				return out, nil, err
+				return out, err
 			}
 			if err == nil && valuesHaveBatch(r.Values) {
 				err = errBatchForOldBuild
@@ -1003,13 +994,13 @@ func (n *Node) handle(ctx context.Context, cluster, method string, body []byte) 
 			resp, err = n.proposer.readIndex(ctx)
 		}
 	default:
-		return nil, nil, &apiError{404, fmt.Sprintf("unknown peer method %q", method)}
+		return nil, &apiError{404, fmt.Sprintf("unknown peer method %q", method)}
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	out, err = json.Marshal(resp)
-	return out, then, err
+	return out, err
 }
 
 // errBatchForOldBuild refuses a JSON reply that would carry a batch: a
@@ -1049,29 +1040,43 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 }
 
 // onAccept handles phase 2a. The commit the message carries is learned
-// by the returned func, which the caller runs after sending the reply:
-// applying chosen slots to the client log is not on the leader's path to
-// a majority.
-func (n *Node) onAccept(req AcceptReq) (Accepted, func(), error) {
+// in a goroutine of its own, while the acceptor journals and fsyncs the
+// new values: applying chosen slots to the client log is then neither on
+// the leader's path to a majority nor behind this node's fsync. Under
+// load the next accept carries each commit advance, and this node's
+// clients (whose appends it forwarded) wait for it; learned only after the
+// acceptance was on disk, every one of their appends waited an fsync
+// more than the leader's clients.
+//
+// Learning before accepting is safe: the commit is chosen whatever
+// happens to this accept (as for a learn message), and the learner
+// applies a slot from the acceptor only if the acceptor holds a value of
+// exactly req.Ballot for it (drainLocked, valueExactly), which is the
+// value that ballot's leader proposed and counted chosen; the slots below
+// req.Commit are in earlier accepts, never in this one, and any slot whose
+// value is not here yet is caught up from a peer.
+func (n *Node) onAccept(req AcceptReq) (Accepted, error) {
 	if err := n.notServingErr(); err != nil {
-		return Accepted{}, nil, err // it accepts nothing until it serves (recovery.go)
+		return Accepted{}, err // it accepts nothing until it serves (recovery.go)
 	}
 	if !n.config().isVoter(n.cfg.ID) {
 		// Not a voter (yet: it may not have applied its promotion): it
 		// accepts nothing, but learns the commit the accept carries.
 		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
-		return Accepted{}, nil, errNotVoter
+		return Accepted{}, errNotVoter
+	}
+	if req.Commit > 0 {
+		go n.learner.noteCommit(req.Ballot, req.Commit, req.From)
 	}
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
 	if err != nil {
 		n.storageFailed(err)
-		return Accepted{}, nil, err
+		return Accepted{}, err
 	}
-	if !a.OK {
-		return a, nil, nil
+	if a.OK {
+		n.proposer.heardFrom(req.Ballot)
 	}
-	n.proposer.heardFrom(req.Ballot)
-	return a, func() { n.learner.noteCommit(req.Ballot, req.Commit, req.From) }, nil
+	return a, nil
 }
 
 // acceptOwn is onAccept for this node's own proposals while it leads:

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -635,4 +636,59 @@ func TestFollowerGathersForwards(t *testing.T) {
 		t.Errorf("%d appends through a follower took %d forwards while the first was in flight and %d in all; want 1 and 2", n, during, total)
 	}
 	c.check()
+}
+
+// TestFollowerLearnsCommitBeforeItsFsync: the commit an accept carries
+// reaches a follower's clients while its acceptor is still syncing that
+// accept's values; a slow disk on a follower does not hold up the answers
+// to appends it forwarded and that are chosen.
+func TestFollowerLearnsCommitBeforeItsFsync(t *testing.T) {
+	c := newTestCluster(t, 3, testSeed(t))
+	leader := c.leader(5 * time.Second)
+	follower := leader%3 + 1
+	c.mustAppend(follower, `"warm"`)
+	// Learn messages to the follower are lost: it can hear of a commit
+	// only from the accepts that carry it.
+	c.net.setHook(func(from, to NodeID, method string, body []byte) bool {
+		return !(method == methodLearn && to == follower)
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.appendTo(context.Background(), follower, `"forwarded"`)
+		done <- err
+	}()
+	// Its slot is chosen once the leader has applied it.
+	waitFor(t, 5*time.Second, "the forwarded append to be chosen", func() bool {
+		return slices.Contains(logOf(t, c.node(leader)), `"forwarded"`)
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("the append returned (%v) before any message could tell the follower its slot is chosen", err)
+	default:
+	}
+	// The follower's acceptor stalls after journaling the next accept,
+	// before its fsync, until released.
+	release := make(chan struct{})
+	c.mu.Lock()
+	c.atPoint = func(id NodeID, point string) {
+		if id == follower && point == "written" {
+			<-release
+		}
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.atPoint = nil
+		c.mu.Unlock()
+		close(release)
+	}()
+	c.mustAppend(leader, `"next"`) // its accept carries the commit; the third node makes the majority
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("append through the follower: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the follower's append was not answered while its acceptor synced the accept that carried the commit")
+	}
 }

@@ -204,7 +204,7 @@ func (s *server) servePeerStream(ctx context.Context, cluster string, conn net.C
 			}
 			return
 		}
-		out, then, err := s.n.handle(ctx, cluster, method, body)
+		out, err := s.n.handle(ctx, cluster, method, body)
 		status := http.StatusOK
 		if err != nil {
 			var msg string
@@ -213,9 +213,6 @@ func (s *server) servePeerStream(ctx context.Context, cluster string, conn net.C
 		}
 		if err := writeStreamAnswer(w, status, out); err != nil {
 			return
-		}
-		if then != nil {
-			then()
 		}
 		if errors.Is(err, ErrStopped) {
 			return // a stopped node takes no more; the peer redials
