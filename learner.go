@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -180,6 +181,9 @@ type Learner struct {
 	// recorded with its membership (adoptLocked).
 	genesis string
 	notify  chan struct{} // closed and replaced on every apply
+	// appliedHint trails applied (stored after each change; applied
+	// only grows), for a look without mu: hasApplied.
+	appliedHint atomic.Uint64
 
 	kick chan struct{} // wakes the catch-up loop
 
@@ -340,6 +344,7 @@ func (l *Learner) load(floor learnerFloor, lost Index) error {
 		lost = max(lost, floor.index)
 	}
 	l.applied = max(l.applied, l.installedSlot())
+	l.appliedHint.Store(uint64(l.applied))
 	l.knownCommit = max(l.applied, floor.slot)
 	if lost > l.last {
 		l.relearn = lost
@@ -582,6 +587,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		}
 	}
 	l.applied = slot
+	l.appliedHint.Store(uint64(slot))
 	if slot > l.knownCommit {
 		l.knownCommit = slot
 	}
@@ -704,6 +710,10 @@ func (l *Learner) unawait(e Entry) {
 		l.waiters[k] = ws
 	}
 }
+
+// hasApplied reports whether slot is applied here, without waiting for
+// mu; it may answer false for a slot applied a moment ago.
+func (l *Learner) hasApplied(slot Slot) bool { return Slot(l.appliedHint.Load()) >= slot }
 
 // Applied returns the last applied slot.
 func (l *Learner) Applied() Slot {
@@ -1115,6 +1125,7 @@ func (l *Learner) installPrefix(resp CatchupResp, ms []*membership) error {
 	l.n.log.Warn("installed a peer's compacted prefix", "first", first, "slot", firstSlot, "dedup_records", len(resp.Dedup))
 	l.n.metrics.prefixInstalls.Inc()
 	l.first, l.kept, l.last, l.applied, l.logOnly = first, first, first-1, applied, in.LogOnly
+	l.appliedHint.Store(uint64(applied))
 	l.n.metrics.lastIndex.Set(float64(l.last))
 	l.sum, l.sumFrom = 0, first
 	l.n.metrics.firstIndex.Set(float64(first))

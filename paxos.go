@@ -1065,7 +1065,12 @@ func (n *Node) onAccept(req AcceptReq) (Accepted, error) {
 		n.learner.noteCommit(req.Ballot, req.Commit, req.From)
 		return Accepted{}, errNotVoter
 	}
-	if req.Commit > 0 {
+	if req.Commit > 0 && !n.learner.hasApplied(req.Commit) {
+		// A goroutine only for news: with one client appending, a
+		// learn message has mostly brought the commit already, and a
+		// goroutine per accept would wake an idle thread for nothing
+		// (five alternating 6 s runs at one client: median 1,360
+		// appends/s with this check, 1,299 without).
 		go n.learner.noteCommit(req.Ballot, req.Commit, req.From)
 	}
 	a, err := n.acceptor.Accept(req.Ballot, req.Values)
