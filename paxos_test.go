@@ -581,7 +581,9 @@ func TestLeaderOwnAcceptanceIsLazy(t *testing.T) {
 
 // TestFollowerGathersForwards: while a forward is on its way to the
 // leader, appends that reach a follower wait, and go to the leader
-// together in the next forward, not in one request each.
+// together in the next forward, not in one request each. (It counts the
+// forwards; which goroutine sends the second one, the first forward as
+// it returns or else the run loop's next tick, it does not tell apart.)
 func TestFollowerGathersForwards(t *testing.T) {
 	c := newTestCluster(t, 3, testSeed(t))
 	leader := c.leader(5 * time.Second)
@@ -591,6 +593,8 @@ func TestFollowerGathersForwards(t *testing.T) {
 	var mu sync.Mutex
 	forwards := 0
 	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // should the test stop early
 	c.net.setHook(func(from, to NodeID, method string, body []byte) bool {
 		if method == methodForward && from == follower {
 			mu.Lock()
@@ -623,7 +627,7 @@ func TestFollowerGathersForwards(t *testing.T) {
 	mu.Lock()
 	during := forwards
 	mu.Unlock()
-	close(release)
+	once.Do(func() { close(release) })
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -643,7 +647,10 @@ func TestFollowerGathersForwards(t *testing.T) {
 // accept's values; a slow disk on a follower does not hold up the answers
 // to appends it forwarded and that are chosen.
 func TestFollowerLearnsCommitBeforeItsFsync(t *testing.T) {
-	c := newTestCluster(t, 3, testSeed(t))
+	// The follower hears no heartbeat while learn messages to it are
+	// dropped: an election timeout well above the test's length keeps
+	// it from campaigning (and learning the slot that way) meanwhile.
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) { cfg.ElectionTimeout = 2 * time.Second })
 	leader := c.leader(5 * time.Second)
 	follower := leader%3 + 1
 	c.mustAppend(follower, `"warm"`)
@@ -691,4 +698,56 @@ func TestFollowerLearnsCommitBeforeItsFsync(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the follower's append was not answered while its acceptor synced the accept that carried the commit")
 	}
+}
+
+// TestStuckForwardHoldsOnlyItsOwn: a forward still on its way to a leader
+// that went away holds back only the entries it carries, not the appends
+// a follower takes for the next leader.
+func TestStuckForwardHoldsOnlyItsOwn(t *testing.T) {
+	// No node campaigns on its own during the test: the next leader is
+	// the one asked to.
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) { cfg.ElectionTimeout = 2 * time.Second })
+	old := c.leader(10 * time.Second)
+	follower := old%3 + 1
+	third := follower%3 + 1
+	c.mustAppend(follower, `"warm"`)
+	seen := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // should the test stop early
+	c.net.setHook(func(from, to NodeID, method string, body []byte) bool {
+		if method == methodForward && from == follower && to == old {
+			select {
+			case seen <- struct{}{}:
+			default:
+			}
+			<-release // on its way until released
+		}
+		return true
+	})
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := c.appendTo(context.Background(), follower, `"stuck"`)
+		stuck <- err
+	}()
+	select {
+	case <-seen:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the follower did not forward to the leader")
+	}
+	c.net.partition([]NodeID{old}, []NodeID{follower, third})
+	c.node(third).proposer.onTimeoutNow(TimeoutNowReq{From: old})
+	waitFor(t, 10*time.Second, fmt.Sprintf("node %d to hear that node %d leads", follower, third), func() bool {
+		l, _, _ := c.node(follower).proposer.leaderInfo()
+		return l == third
+	})
+	// Within RequestTimeout, though the forward to the old leader is
+	// still on its way (before, it held every new entry back).
+	c.mustAppend(follower, `"after"`)
+	once.Do(func() { close(release) })
+	c.net.heal()
+	if err := <-stuck; err != nil {
+		t.Fatalf("the append whose forward was stuck: %v", err)
+	}
+	c.check()
 }

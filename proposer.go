@@ -126,7 +126,11 @@ type Proposer struct {
 	electionDeadline time.Time
 	ls               *leaderState
 	pending          map[EntryID]*pendingEntry
-	forwarding       int // forwards in flight to the leader
+	// forwarding counts the forwards in flight, by the leadership each
+	// went to: only those to the current one hold new entries back
+	// (maxForwarding), so a forward stuck on a leader that went away
+	// delays only its own entries.
+	forwarding map[Ballot]int
 }
 
 func newProposer(n *Node) *Proposer {
@@ -135,11 +139,12 @@ func newProposer(n *Node) *Proposer {
 		seed = time.Now().UnixNano() + int64(n.cfg.ID)
 	}
 	p := &Proposer{
-		n:       n,
-		kick:    make(chan struct{}, 1),
-		rng:     rand.New(rand.NewSource(seed)),
-		pending: make(map[EntryID]*pendingEntry),
-		ctx:     context.Background(),
+		n:          n,
+		kick:       make(chan struct{}, 1),
+		rng:        rand.New(rand.NewSource(seed)),
+		pending:    make(map[EntryID]*pendingEntry),
+		forwarding: make(map[Ballot]int),
+		ctx:        context.Background(),
 	}
 	p.maxRound = n.acceptor.Promised().Round
 	p.resetElectionLocked()
@@ -273,10 +278,10 @@ func (p *Proposer) flush(ctx context.Context) {
 
 // forwardGatheredLocked hands the pending entries not yet handed to the
 // known leader to it, each forward from a goroutine of its own, unless
-// maxForwarding forwards are in flight: then the first of them to return
-// does.
+// maxForwarding forwards to it are in flight: then the next of them to
+// return successfully does (after a failure, the run loop's tick).
 func (p *Proposer) forwardGatheredLocked(ctx context.Context) {
-	if p.forwarding >= maxForwarding {
+	if p.forwarding[p.leaderBallot] >= maxForwarding {
 		return
 	}
 	to, b, batches := p.forwardBatchesLocked()
@@ -286,9 +291,10 @@ func (p *Proposer) forwardGatheredLocked(ctx context.Context) {
 }
 
 // maxForwarding bounds the forwards in flight from a follower to the
-// leader (several more when one batch of entries is too big for one
-// request). Entries that arrive while it is reached gather, and the
-// forward that returns first sends them in one request: under load a
+// current leader (several more when one batch of entries is too big for
+// one request). Entries that arrive while it is reached gather, and the
+// next forward to return successfully sends them in one request (after
+// a failure, the run loop's tick does): under load a
 // follower sends a forward per accept round or so, not one per append
 // (at 64 clients spread over three nodes, one per append was 6,000
 // requests a second into the leader).
@@ -317,7 +323,9 @@ func (p *Proposer) forwardBatchesLocked() (to NodeID, b Ballot, batches [][]*pen
 	if len(batch) > 0 {
 		batches = append(batches, batch)
 	}
-	p.forwarding += len(batches)
+	if len(batches) > 0 {
+		p.forwarding[p.leaderBallot] += len(batches)
+	}
 	return p.leader, p.leaderBallot, batches
 }
 
@@ -340,10 +348,14 @@ func (p *Proposer) forward(ctx context.Context, to NodeID, b Ballot, batch []*pe
 	err := p.n.call(cctx, to, methodForward, req, &resp)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.forwarding--
+	if p.forwarding[b]--; p.forwarding[b] <= 0 {
+		delete(p.forwarding, b)
+	}
 	for _, pe := range batch {
 		pe.sending = false
-		if err == nil && resp.OK {
+		if err == nil && resp.OK && p.ls == nil {
+			// (Should this node lead by now, flush has queued the entry
+			// under its own ballot: that mark stays.)
 			pe.sentTo = b
 		}
 	}
@@ -456,12 +468,12 @@ func (p *Proposer) submit(e Entry) {
 		// Nothing on its way to the leader: forward from this goroutine,
 		// sparing the wake-up of the run loop and of a forward goroutine.
 		// While forwards are in flight (maxForwarding), the entry waits
-		// for the next one, which the run loop sends once one returns,
-		// gathering every entry that came meanwhile.
+		// for the next one, which the forward that returns successfully
+		// sends, gathering every entry that came meanwhile.
 		var batches [][]*pendingEntry
 		var to NodeID
 		var b Ballot
-		if p.forwarding < maxForwarding {
+		if p.forwarding[p.leaderBallot] < maxForwarding {
 			to, b, batches = p.forwardBatchesLocked()
 		}
 		ctx := p.ctx
