@@ -58,7 +58,11 @@ func (r learnerRecord) hash(i Index) uint64 {
 		h = crc64.Update(h, entryHashTable, []byte(r.Key))
 		h = crc64.Update(h, entryHashTable, r.Data)
 	}
-	// splitmix64's finaliser, so that sums of nearby hashes spread
+	return spread(h)
+}
+
+// spread is splitmix64's finaliser, so that sums of nearby hashes spread.
+func spread(h uint64) uint64 {
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27

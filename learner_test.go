@@ -222,11 +222,7 @@ func TestEntryHashIsTheCRCOfItsParts(t *testing.T) {
 		h = crc64.Update(h, entryHashTable, r.ID[:])
 		h = crc64.Update(h, entryHashTable, []byte(r.Key))
 		h = crc64.Update(h, entryHashTable, r.Data)
-		h ^= h >> 30
-		h *= 0xbf58476d1ce4e5b9
-		h ^= h >> 27
-		h *= 0x94d049bb133111eb
-		return h ^ h>>31
+		return spread(h)
 	}
 	seed := testSeed(t)
 	rng := rand.New(rand.NewSource(seed))
