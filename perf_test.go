@@ -361,3 +361,35 @@ func BenchmarkEntryHash(b *testing.B) {
 		b.Log(sink) // keep the hashes from being optimized away
 	}
 }
+
+// BenchmarkBuildSegIndex: indexing one closed 4 MiB segment of the
+// client log (records of about 150 bytes), as a node does for each
+// segment that closes.
+func BenchmarkBuildSegIndex(b *testing.B) {
+	j, err := openJournal(b.TempDir(), journalOptions{SegmentSize: 4 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	rec := bytes.Repeat([]byte("r"), 150)
+	batch := make([][]byte, 1000)
+	for i := range batch {
+		batch[i] = rec
+	}
+	for len(j.closedSegments()) == 0 {
+		if _, err := j.Append(batch...); err != nil {
+			b.Fatal(err)
+		}
+		if err := j.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	seg := j.closedSegments()[0]
+	b.ReportAllocs()
+	for b.Loop() {
+		ix, err := buildSegIndex(seg)
+		if err != nil || len(ix.offs) == 0 {
+			b.Fatalf("index: %v", err)
+		}
+	}
+}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
 	"os"
 	"sort"
+	"sync"
 )
 
 // segindex.go: reads of single records from closed segment files without
@@ -72,24 +74,44 @@ func (s *segIndexes) put(ix *segIndex, gen uint64) {
 
 // buildSegIndex reads a closed segment file once and indexes it.
 func buildSegIndex(seg segmentInfo) (*segIndex, error) {
-	data, err := os.ReadFile(seg.path)
+	f, err := os.Open(seg.path)
 	if err != nil {
 		return nil, err
 	}
-	ix := &segIndex{path: seg.path, first: seg.first, next: seg.next, size: int64(len(data))}
-	pos := 0
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	// Through a small buffer that is used again, not the whole file in
+	// memory: a node closes several segments a second under batch
+	// appends, and a fresh 4 MiB for each made work for the collector.
+	br := segScanners.Get().(*bufio.Reader)
+	defer segScanners.Put(br)
+	br.Reset(f)
+	defer br.Reset(nil)
+	ix := &segIndex{path: seg.path, first: seg.first, next: seg.next, size: fi.Size()}
+	errFrame := errors.New("segment does not frame")
+	var pos int64
 	for n := seg.first; n < seg.next; n++ {
 		if (n-seg.first)%sparseEvery == 0 {
 			ix.offs = append(ix.offs, uint32(pos))
 		}
-		size, k := binary.Uvarint(data[pos:])
-		if k <= 0 || uint64(len(data)-pos-k) < size {
-			return nil, errors.New("segment does not frame")
+		head, _ := br.Peek(binary.MaxVarintLen64) // fewer at the end of the file
+		size, k := binary.Uvarint(head)
+		if k <= 0 || uint64(ix.size-pos-int64(k)) < size {
+			return nil, errFrame
 		}
-		pos += k + int(size)
+		if _, err := br.Discard(k + int(size)); err != nil {
+			return nil, errFrame // the file is shorter than it said
+		}
+		pos += int64(k) + int64(size)
 	}
 	return ix, nil
 }
+
+// segScanners holds the buffered readers buildSegIndex scans segments with.
+var segScanners = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
 
 // read returns the raw records n.. (tidwall record numbers) of the
 // segment, count of them or as many as it holds from n on, with one
