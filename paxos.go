@@ -1044,9 +1044,9 @@ func (n *Node) onPrepare(req PrepareReq) (Promise, error) {
 // new values: applying chosen slots to the client log is then neither on
 // the leader's path to a majority nor behind this node's fsync. Under
 // load the next accept carries each commit advance, and this node's
-// clients (whose appends it forwarded) wait for it; learned only after the
-// acceptance was on disk, every one of their appends waited an fsync
-// more than the leader's clients.
+// clients (whose appends it forwarded) wait for it: learned only once the
+// acceptance is on disk, each of their appends would wait an fsync more
+// than the leader's clients do.
 //
 // Learning before accepting is safe: the commit is chosen whatever
 // happens to this accept (as for a learn message), and the learner

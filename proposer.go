@@ -293,11 +293,11 @@ func (p *Proposer) forwardGatheredLocked(ctx context.Context) {
 // maxForwarding bounds the forwards in flight from a follower to the
 // current leader (several more when one batch of entries is too big for
 // one request). Entries that arrive while it is reached gather, and the
-// next forward to return successfully sends them in one request (after
-// a failure, the run loop's tick does): under load a
-// follower sends a forward per accept round or so, not one per append
-// (at 64 clients spread over three nodes, one per append was 6,000
-// requests a second into the leader).
+// next forward to return successfully sends them in one request (after a
+// failure, the run loop's tick does): under load a follower sends a
+// forward per accept round or so, not one per append (at 64 clients
+// spread over three nodes, one per append was 6,000 requests a second
+// into the leader).
 const maxForwarding = 1
 
 // forwardBatchesLocked takes the pending entries not yet handed to the
