@@ -277,13 +277,9 @@ func (p *Proposer) flush(ctx context.Context) {
 }
 
 // forwardGatheredLocked hands the pending entries not yet handed to the
-// known leader to it, each forward from a goroutine of its own, unless
-// maxForwarding forwards to it are in flight: then the next of them to
-// return successfully does (after a failure, the run loop's tick).
+// known leader to it, each forward from a goroutine of its own (unless
+// maxForwarding holds them back: forwardBatchesLocked).
 func (p *Proposer) forwardGatheredLocked(ctx context.Context) {
-	if p.forwarding[p.leaderBallot] >= maxForwarding {
-		return
-	}
 	to, b, batches := p.forwardBatchesLocked()
 	for _, batch := range batches {
 		go p.forward(ctx, to, b, batch)
@@ -302,22 +298,26 @@ const maxForwarding = 1
 
 // forwardBatchesLocked takes the pending entries not yet handed to the
 // known leader, marks them as being sent, and splits them into forwards
-// that each stay well below maxPeerBody. It counts them in forwarding.
+// that each stay well below maxPeerBody. It counts them in forwarding,
+// and takes none while maxForwarding forwards to that leader are in
+// flight: the next of them to return successfully takes them (after a
+// failure, the run loop's tick).
 func (p *Proposer) forwardBatchesLocked() (to NodeID, b Ballot, batches [][]*pendingEntry) {
-	if p.leader == 0 || p.leader == p.n.cfg.ID {
+	if p.leader == 0 || p.leader == p.n.cfg.ID || p.forwarding[p.leaderBallot] >= maxForwarding {
 		return 0, Ballot{}, nil
 	}
 	var batch []*pendingEntry
 	size := 0
 	for _, pe := range p.pending {
 		if pe.sentTo != p.leaderBallot && !pe.sending {
-			if n := entriesSize([]Entry{pe.entry}); len(batch) > 0 && size+n > maxAcceptBytes {
+			n := entriesSize([]Entry{pe.entry})
+			if len(batch) > 0 && size+n > maxAcceptBytes {
 				batches = append(batches, batch)
 				batch, size = nil, 0
 			}
 			pe.sending = true
 			batch = append(batch, pe)
-			size += entriesSize([]Entry{pe.entry})
+			size += n
 		}
 	}
 	if len(batch) > 0 {
@@ -470,12 +470,7 @@ func (p *Proposer) submit(e Entry) {
 		// While forwards are in flight (maxForwarding), the entry waits
 		// for the next one, which the forward that returns successfully
 		// sends, gathering every entry that came meanwhile.
-		var batches [][]*pendingEntry
-		var to NodeID
-		var b Ballot
-		if p.forwarding[p.leaderBallot] < maxForwarding {
-			to, b, batches = p.forwardBatchesLocked()
-		}
+		to, b, batches := p.forwardBatchesLocked()
 		ctx := p.ctx
 		p.mu.Unlock()
 		if len(batches) == 0 {

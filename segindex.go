@@ -91,7 +91,6 @@ func buildSegIndex(seg segmentInfo) (*segIndex, error) {
 	br.Reset(f)
 	defer br.Reset(nil)
 	ix := &segIndex{path: seg.path, first: seg.first, next: seg.next, size: fi.Size()}
-	errFrame := errors.New("segment does not frame")
 	var pos int64
 	for n := seg.first; n < seg.next; n++ {
 		if (n-seg.first)%sparseEvery == 0 {
@@ -100,15 +99,18 @@ func buildSegIndex(seg segmentInfo) (*segIndex, error) {
 		head, _ := br.Peek(binary.MaxVarintLen64) // fewer at the end of the file
 		size, k := binary.Uvarint(head)
 		if k <= 0 || uint64(ix.size-pos-int64(k)) < size {
-			return nil, errFrame
+			return nil, errNoFrame
 		}
 		if _, err := br.Discard(k + int(size)); err != nil {
-			return nil, errFrame // the file is shorter than it said
+			return nil, errNoFrame // the file is shorter than it said
 		}
 		pos += int64(k) + int64(size)
 	}
 	return ix, nil
 }
+
+// errNoFrame: a segment's records do not follow one another to its end.
+var errNoFrame = errors.New("segment does not frame")
 
 // segScanners holds the buffered readers buildSegIndex scans segments with.
 var segScanners = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
@@ -138,7 +140,7 @@ func (ix *segIndex) read(n uint64, count int) ([][]byte, error) {
 	for i := ix.first + k*sparseEvery; len(out) < count; i++ {
 		size, w := binary.Uvarint(buf)
 		if w <= 0 || uint64(len(buf)-w) < size {
-			return nil, errors.New("segment does not frame")
+			return nil, errNoFrame
 		}
 		if i >= n {
 			out = append(out, buf[w:w+int(size):w+int(size)])
