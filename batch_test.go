@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/labstack/echo/v4"
 )
 
 // batch_test.go: batch appends (application/x-ndjson): one Entry with
@@ -437,4 +441,35 @@ func TestBatchesAtTheWindowEdge(t *testing.T) {
 		t.Fatalf("retry of a forgotten key: %+v %v, want new entries at %d", again, err, last[1]+1)
 	}
 	c.check()
+}
+
+// TestReadBodySizes: a body of declared length, a batch's included, is
+// read into exactly its length (accepted values pin it until the
+// acceptor's checkpoint); one of unknown length is read too; one past the
+// limit is 413 either way.
+func TestReadBodySizes(t *testing.T) {
+	e := echo.New()
+	read := func(body []byte, declared bool, limit int) ([]byte, error) {
+		req := httptest.NewRequest(http.MethodPost, "/v1/log", bytes.NewReader(body))
+		if !declared {
+			req.ContentLength = -1
+		}
+		return readBody(e.NewContext(req, httptest.NewRecorder()), limit)
+	}
+	for _, n := range []int{0, 100, 64 << 10, 100_000, 1<<20 + 3} {
+		want := bytes.Repeat([]byte("y"), n)
+		got, err := read(want, true, 2<<20)
+		if err != nil || !bytes.Equal(got, want) || cap(got) != n {
+			t.Fatalf("%d bytes declared: %d bytes (capacity %d), %v", n, len(got), cap(got), err)
+		}
+		if got, err = read(want, false, 2<<20); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes undeclared: %d bytes, %v", n, len(got), err)
+		}
+	}
+	for _, declared := range []bool{true, false} {
+		var ae *apiError
+		if _, err := read(make([]byte, 1001), declared, 1000); !errors.As(err, &ae) || ae.code != http.StatusRequestEntityTooLarge {
+			t.Errorf("1001 bytes over a limit of 1000 (declared %v): %v, want 413", declared, err)
+		}
+	}
 }

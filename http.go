@@ -155,17 +155,16 @@ func errorStatus(err error) (int, string) {
 	return http.StatusInternalServerError, err.Error()
 }
 
-// readBody reads at most limit bytes, answering 413 past it. A small
-// body whose length is declared is read into a slice of exactly that
-// size: entries keep pointing into it until the acceptor's next
+// readBody reads at most limit bytes, answering 413 past it. A body
+// whose length is declared is read into a slice of exactly that size
+// (readSized): entries keep pointing into it until the acceptor's next
 // checkpoint, and io.ReadAll's 512-byte start would keep five times a
-// small entry. A large one grows as it arrives, so that a length alone
-// allocates little.
+// small entry and allocate five times a large batch on the way.
 func readBody(c echo.Context, limit int) ([]byte, error) {
 	r := c.Request()
-	if n := r.ContentLength; n >= 0 && n <= int64(min(limit, 64<<10)) {
-		body := make([]byte, n)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
+	if n := r.ContentLength; n >= 0 && n <= int64(limit) {
+		body, err := readSized(r.Body, int(n))
+		if err != nil {
 			return nil, badRequest("reading body: %v", err)
 		}
 		return body, nil // net/http refuses a body longer than its Content-Length

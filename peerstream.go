@@ -122,28 +122,27 @@ func readStreamBody(r *bufio.Reader) ([]byte, error) {
 	if n > maxPeerBody {
 		return nil, fmt.Errorf("peer stream: message of %d bytes is over the limit of %d", n, maxPeerBody)
 	}
-	if n <= 64<<10 {
-		body := make([]byte, n)
-		if _, err := io.ReadFull(r, body); err != nil {
-			return nil, unexpectedEOF(err)
-		}
-		return body, nil
-	}
-	// A large body grows as it arrives, from 1 MiB, so that a length
-	// alone allocates little, to exactly n bytes: accepted values point
-	// into the body until the acceptor's next checkpoint, and slack
-	// capacity would stay pinned with them.
+	body, err := readSized(r, int(n))
+	return body, unexpectedEOF(err)
+}
+
+// readSized reads exactly n bytes into a slice of exactly n bytes. A
+// large body grows as it arrives, from 1 MiB, so that a length alone
+// allocates little, to exactly n: accepted values point into the body
+// until the acceptor's next checkpoint, and slack capacity would stay
+// pinned with them.
+func readSized(r io.Reader, n int) ([]byte, error) {
 	body := make([]byte, min(n, 1<<20))
 	for got := 0; ; {
 		m, err := io.ReadFull(r, body[got:])
 		got += m
 		if err != nil {
-			return nil, unexpectedEOF(err)
+			return nil, err
 		}
-		if got == int(n) {
+		if got == n {
 			return body, nil
 		}
-		grown := make([]byte, min(int(n), 2*len(body)))
+		grown := make([]byte, min(n, 2*len(body)))
 		copy(grown, body)
 		body = grown
 	}
