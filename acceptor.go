@@ -160,15 +160,21 @@ type Acceptor struct {
 
 	mu         sync.Mutex // protects the fields below
 	state      *acceptorState
-	sinceCheck int       // records written since the last checkpoint
-	bytesSince int       // and their bytes (checkpointBytes)
-	lastWrite  time.Time // when the last record was appended
-	sealed     uint64    // the last seal record written
+	sinceCheck int           // records written since the last checkpoint
+	bytesSince int           // and their bytes (checkpointBytes)
+	lastWrite  time.Time     // when the last record was appended
+	sealed     uint64        // the last seal record written
+	recBuf     []byte        // step's encoding buffer, kept up to maxKeptRecordBuf
+	bytesDue   chan struct{} // wakes run once checkpointBytes have built up
 
 	// hook, nil outside tests, is called at "written" and "synced"; an
 	// error (wrapping errInjected) fails the request there.
 	hook func(point string) error
 }
+
+// maxKeptRecordBuf bounds the encoding buffer an acceptor keeps between
+// records: a larger one (a big batch's accept) is left to the collector.
+const maxKeptRecordBuf = 1 << 20
 
 // errInjected marks a failure a test injected: it fails one request and,
 // unlike a real storage error, does not stop the node.
@@ -197,7 +203,7 @@ func openAcceptor(dir string, onSync func(time.Duration), onDamage func(what str
 	if err != nil {
 		return nil, err
 	}
-	a := &Acceptor{journal: j, state: newAcceptorState(), damaged: damaged}
+	a := &Acceptor{journal: j, state: newAcceptorState(), damaged: damaged, bytesDue: make(chan struct{}, 1)}
 	first, last := j.Bounds()
 	for i := first; i <= last && last > 0 && !a.damaged; i++ {
 		p, err := j.Read(i)
@@ -245,13 +251,22 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 		_, last := a.journal.Bounds()
 		return last, nil
 	}
-	p := rec.encode()
-	seq, err := a.journal.Append(p)
+	p := rec.appendTo(a.recBuf[:0])
+	seq, err := a.journal.Append(p) // copies p
+	if cap(p) <= maxKeptRecordBuf {
+		a.recBuf = p
+	}
 	if err != nil {
 		return 0, fmt.Errorf("acceptor: %w", err)
 	}
 	a.sinceCheck++
 	a.bytesSince += len(p)
+	if a.bytesSince >= checkpointBytes {
+		select {
+		case a.bytesDue <- struct{}{}:
+		default:
+		}
+	}
 	a.lastWrite = time.Now()
 	return seq, nil
 }
@@ -498,7 +513,11 @@ func (a *Acceptor) sealNow() error {
 // records have built up, however few records they are. Until then the
 // accepted values stay in memory (they point into the messages that
 // brought them), so with batch appends a count of records alone would
-// let memory grow to CheckpointEvery whole slots.
+// let memory grow to CheckpointEvery whole slots. The record that
+// crosses it wakes the loop (bytesDue) rather than leave the values for
+// its next tick: at a few hundred batches a second the tick kept about
+// twice as many in memory, and the collector running under the memory
+// limit for them.
 const checkpointBytes = 4 << 20
 
 // run returns the acceptor's background loop: it compacts the journal once
@@ -514,6 +533,8 @@ func (a *Acceptor) run(n *Node) func(context.Context) {
 			case <-ctx.Done():
 				return
 			case now = <-t.C:
+			case <-a.bytesDue:
+				now = time.Now()
 			}
 			if err := a.seal(now); err != nil {
 				n.storageFailed(err)

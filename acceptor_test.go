@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -591,5 +592,34 @@ func TestAcceptorSealsOnClose(t *testing.T) {
 	defer a.journal.Close()
 	if !a.damaged || len(damage) != 1 {
 		t.Fatalf("damaged %v, reports %v: a damaged promise before a seal must count as damage", a.damaged, damage)
+	}
+}
+
+// TestAcceptorAsksForCheckpointByBytes: once checkpointBytes of records
+// have built up, the acceptor wakes its loop for a checkpoint at once
+// (the accepted values are held in memory until then), not at its next
+// tick; below that it does not.
+func TestAcceptorAsksForCheckpointByBytes(t *testing.T) {
+	t.Parallel()
+	a := openTestAcceptor(t, t.TempDir())
+	defer a.close()
+	b := accBal(1, 1)
+	big := strings.Repeat("x", 64<<10)
+	slot := Slot(1)
+	for ; slot*Slot(len(big)) < checkpointBytes*3/4; slot++ {
+		mustAcceptDurable(t, a, b, accProp(slot, big))
+	}
+	select {
+	case <-a.bytesDue:
+		t.Fatalf("asked for a checkpoint after %d bytes", a.bytesSince)
+	default:
+	}
+	for ; slot*Slot(len(big)) < checkpointBytes*5/4; slot++ {
+		mustAcceptDurable(t, a, b, accProp(slot, big))
+	}
+	select {
+	case <-a.bytesDue:
+	default:
+		t.Fatalf("no checkpoint asked for after %d bytes", a.bytesSince)
 	}
 }

@@ -295,7 +295,11 @@ func boolByte(v bool) byte {
 
 // encode returns r in the binary form.
 func (r *acceptorRecord) encode() []byte {
-	b := make([]byte, 0, 32+valuesSize(r.Values))
+	return r.appendTo(make([]byte, 0, 32+valuesSize(r.Values)))
+}
+
+// appendTo appends the record's encoding to b.
+func (r *acceptorRecord) appendTo(b []byte) []byte {
 	batch := valuesHaveBatch(r.Values)
 	b = append(b, tagFor(tagRecord, batch), r.Kind[0])
 	b = appendBallot(b, r.Promised)
