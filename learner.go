@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,31 +68,57 @@ const (
 // where pos is the entry's place among the n entries its slot added, the
 // time is when this node applied it (for retention by age), and sum is
 // this node's running sum of entry hashes through this index (check.go).
+// A batch's later entries (continued records: the zero id, no key) are
+// stored shorter, without the time, id and key, which are their slot's
+// first record's (that one holds the first value of the slot's first
+// entry, so it is never continued, and L4 keeps it as long as them):
+//
+//	0x00 0x00 uvarint(slot) uvarint(pos) uvarint(n) sum (8 bytes, little endian) data...
+//
 // Records of older builds lack the leading 0 and the sum (a uvarint slot
-// never begins with 0: slots start at 1).
+// never begins with 0: slots start at 1), and store continued records in
+// full.
 type learnerRecord struct {
-	Slot   Slot
-	Pos    int
-	N      int
-	Time   int64
-	Sum    uint64
-	HasSum bool // the record carries a sum (older records do not)
-	ID     EntryID
-	Key    string
-	Data   []byte
+	Slot      Slot
+	Pos       int
+	N         int
+	Time      int64 // 0 in a continued record read from the short form: see appliedAt
+	Sum       uint64
+	HasSum    bool // the record carries a sum (older records do not)
+	Continued bool // stored in the short form
+	ID        EntryID
+	Key       string
+	Data      []byte
 }
 
 // learnerRecordOverhead bounds a record's bytes besides its key and data.
 const learnerRecordOverhead = 1 + 5*binary.MaxVarintLen64 + 8 + len(EntryID{})
 
-// appendTo appends the encoded record to b, with its sum.
+// appendTo appends the encoded record to b, with its sum: in the short
+// form if it is a batch's later entry.
 func (r learnerRecord) appendTo(b []byte) []byte {
+	if r.ID == (EntryID{}) && r.Key == "" {
+		b = append(b, 0, 0)
+		b = binary.AppendUvarint(b, uint64(r.Slot))
+		b = binary.AppendUvarint(b, uint64(r.Pos))
+		b = binary.AppendUvarint(b, uint64(r.N))
+		b = binary.LittleEndian.AppendUint64(b, r.Sum)
+		return append(b, r.Data...)
+	}
 	b = append(b, 0)
+	return r.appendFields(b, true)
+}
+
+// appendFields appends what follows the leading 0 of the full form, with
+// or without the sum (the older form, appendUnsummed).
+func (r learnerRecord) appendFields(b []byte, withSum bool) []byte {
 	b = binary.AppendUvarint(b, uint64(r.Slot))
 	b = binary.AppendUvarint(b, uint64(r.Pos))
 	b = binary.AppendUvarint(b, uint64(r.N))
 	b = binary.AppendUvarint(b, uint64(r.Time))
-	b = binary.LittleEndian.AppendUint64(b, r.Sum)
+	if withSum {
+		b = binary.LittleEndian.AppendUint64(b, r.Sum)
+	}
 	b = append(b, r.ID[:]...)
 	b = binary.AppendUvarint(b, uint64(len(r.Key)))
 	b = append(b, r.Key...)
@@ -105,14 +132,22 @@ func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 	if len(b) > 0 && b[0] == 0 {
 		r.HasSum = true
 		b = b[1:]
+		if len(b) > 0 && b[0] == 0 {
+			r.Continued = true
+			b = b[1:]
+		}
 	}
 	var vals [4]uint64
-	for i := range vals {
+	fields := vals[:]
+	if r.Continued {
+		fields = vals[:3] // no time
+	}
+	for i := range fields {
 		v, n := binary.Uvarint(b)
 		if n <= 0 {
 			return r, errBadRecord
 		}
-		vals[i], b = v, b[n:]
+		fields[i], b = v, b[n:]
 	}
 	if r.HasSum {
 		if len(b) < 8 {
@@ -120,10 +155,17 @@ func decodeLearnerRecord(b []byte) (learnerRecord, error) {
 		}
 		r.Sum, b = binary.LittleEndian.Uint64(b), b[8:]
 	}
-	if len(b) < len(r.ID) || vals[1] >= vals[2] {
+	if vals[1] >= vals[2] || r.Continued && vals[1] == 0 {
 		return r, errBadRecord
 	}
 	r.Slot, r.Pos, r.N, r.Time = Slot(vals[0]), int(vals[1]), int(vals[2]), int64(vals[3])
+	if r.Continued {
+		r.Data = b
+		return r, nil
+	}
+	if len(b) < len(r.ID) {
+		return r, errBadRecord
+	}
 	copy(r.ID[:], b)
 	b = b[len(r.ID):]
 	klen, n := binary.Uvarint(b)
@@ -194,6 +236,29 @@ type Learner struct {
 	dmgMu      sync.Mutex         // protects damaged
 	damaged    map[Index]struct{} // indices that failed their check, not yet repaired
 	repairKick chan struct{}      // wakes the repair loop
+
+	scratch applyBufs // applyLocked's, under mu
+}
+
+// applyBufs are the buffers applyLocked encodes a slot's records in,
+// kept from one slot to the next (the journals copy what they are
+// given), each up to maxKeptRecordBuf bytes: a larger one, from a big
+// batch, is left to the collector.
+type applyBufs struct {
+	recs, dedups [][]byte // the records, pointing into rec and dedup
+	rec, dedup   []byte
+}
+
+// keep holds on to the buffers one apply used, or to none of them past
+// the bound (the record slices would pin their buffers).
+func (b *applyBufs) keep(recs [][]byte, rec []byte, dedups [][]byte, dedup []byte) {
+	clear(recs)
+	clear(dedups)
+	if cap(rec) > maxKeptRecordBuf || cap(dedup) > maxKeptRecordBuf || cap(recs) > maxKeptRecordBuf/64 {
+		*b = applyBufs{}
+		return
+	}
+	*b = applyBufs{recs: recs[:0], dedups: dedups[:0], rec: rec[:0], dedup: dedup[:0]}
 }
 
 // learnerFloor is what the acceptor's last checkpoint says of the client
@@ -397,6 +462,17 @@ func (l *Learner) record(i Index) (learnerRecord, error) {
 	return r, nil
 }
 
+// appliedAt returns when this node applied the entry at index i (unix
+// nanoseconds): its record's time, or for a continued record its slot's
+// first record's.
+func (l *Learner) appliedAt(i Index) (int64, error) {
+	rec, err := l.record(i)
+	if err == nil && rec.Continued {
+		rec, err = l.record(i - Index(rec.Pos))
+	}
+	return rec.Time, err
+}
+
 // appliedEntry is where an identity went: the indices index..last (more
 // than one for a batch) and the id of the entry that got them.
 type appliedEntry struct {
@@ -524,10 +600,11 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 			size += e.values()*learnerRecordOverhead + e.size()
 			dsize += 1 + len(e.ID) + len(e.Key) + len(e.More)
 		}
-		payloads := make([][]byte, 0, count)
-		buf := make([]byte, 0, size) // one allocation for every record
-		dd := make([][]byte, 0, count)
-		dbuf := make([]byte, 0, dsize) // D1: one allocation for every dedup record
+		sc := &l.scratch
+		payloads := slices.Grow(sc.recs[:0], count)
+		buf := slices.Grow(sc.rec[:0], size) // room for every record: none moves
+		dd := slices.Grow(sc.dedups[:0], count)
+		dbuf := slices.Grow(sc.dedup[:0], dsize) // D1: and for every dedup record
 		now := time.Now().UnixNano()
 		sum := l.sum
 		add := func(id EntryID, key string, data []byte) {
@@ -561,6 +638,7 @@ func (l *Learner) applyLocked(slot Slot, v Value) error {
 		if lastDedup != lastRec {
 			return fmt.Errorf("apply slot %d: dedup journal at %d, client log at %d", slot, lastDedup, lastRec)
 		}
+		sc.keep(payloads, buf, dd, dbuf)
 		l.sum = sum
 		for _, e := range fresh {
 			l.last++
@@ -1187,11 +1265,11 @@ func (l *Learner) retain() error {
 		lo, hi := first, last+1 // first index applied at or after oldest
 		for lo < hi {
 			mid := lo + (hi-lo)/2
-			rec, err := l.record(mid)
+			at, err := l.appliedAt(mid)
 			if err != nil {
 				return err
 			}
-			if rec.Time < oldest {
+			if at < oldest {
 				lo = mid + 1
 			} else {
 				hi = mid

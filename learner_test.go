@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"math/rand"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // newIdleNode opens a node that runs no loops, to drive its roles by hand.
@@ -243,5 +245,81 @@ func TestEntryHashIsTheCRCOfItsParts(t *testing.T) {
 	r := learnerRecord{Slot: 7, Pos: 1, N: 3, ID: EntryID{1, 2, 3}, Key: "k", Data: []byte(`{"a":1}`)}
 	if got := r.hash(42); got != 0x47c88658780336e8 {
 		t.Errorf("hash of the fixed record: %#x", got)
+	}
+}
+
+// A batch's later entries are stored in the short form and read back as
+// written; records in the forms of older builds (a continued record in
+// full, a record without a sum) still decode; a short record that says
+// it is its slot's first, or runs out, is refused.
+func TestLearnerRecordForms(t *testing.T) {
+	first := learnerRecord{Slot: 300, Pos: 0, N: 1000, Time: 1_700_000_000_000_000_000, Sum: 0xfeedface, HasSum: true, ID: EntryID{9}, Key: "k", Data: []byte(`{"a":1}`)}
+	later := learnerRecord{Slot: 300, Pos: 999, N: 1000, Sum: 0xdeadbeef, HasSum: true, Continued: true, Data: []byte(`[2]`)}
+	for _, want := range []learnerRecord{first, later} {
+		b := want.appendTo(nil)
+		got, err := decodeLearnerRecord(b)
+		if err != nil {
+			t.Fatalf("decode %x: %v", b, err)
+		}
+		if got.Slot != want.Slot || got.Pos != want.Pos || got.N != want.N || got.Time != want.Time || got.Sum != want.Sum ||
+			got.HasSum != want.HasSum || got.Continued != want.Continued || got.ID != want.ID || got.Key != want.Key || !bytes.Equal(got.Data, want.Data) {
+			t.Fatalf("round trip of %+v: %+v", want, got)
+		}
+	}
+	full, short := later, later
+	full.Time, full.Continued = first.Time, false
+	if d := len(full.appendFields([]byte{0}, true)) - len(short.appendTo(nil)); d != 25 {
+		t.Errorf("the short form saves %d bytes, want 25 (time, id, key length, less the tag)", d)
+	}
+	got, err := decodeLearnerRecord(full.appendFields([]byte{0}, true)) // as builds before the short form wrote it
+	if err != nil || got.Continued || got.Time != first.Time || got.ID != (EntryID{}) || !bytes.Equal(got.Data, later.Data) || got.Sum != later.Sum {
+		t.Fatalf("a continued record in full: %+v, %v", got, err)
+	}
+	got, err = decodeLearnerRecord(appendUnsummed(first))
+	if err != nil || got.HasSum || got.ID != first.ID || got.Key != first.Key || got.Time != first.Time || !bytes.Equal(got.Data, first.Data) {
+		t.Fatalf("a record without a sum: %+v, %v", got, err)
+	}
+	bad := later
+	bad.Pos = 0
+	if _, err := decodeLearnerRecord(bad.appendTo(nil)); err == nil {
+		t.Error("a short record at position 0 decoded")
+	}
+	b := later.appendTo(nil)
+	if _, err := decodeLearnerRecord(b[:2+2+2+2+4]); err == nil { // cut inside the sum
+		t.Error("a short record cut inside its sum decoded")
+	}
+}
+
+// Retention by age reads a batch's later entries' time from their slot's
+// first record, so it cuts a log of batches where it cuts one of singles.
+func TestRetentionByAgeOverBatches(t *testing.T) {
+	n, err := NewNode(Config{ID: 1, DataDir: t.TempDir(), DedupWindow: 4, RetainAge: 50 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	batch := func(id byte, values int) Value {
+		e := Entry{ID: EntryID{id}, Data: []byte(`0`)}
+		for k := 1; k < values; k++ {
+			e.More = append(e.More, []byte(fmt.Sprint(k)))
+		}
+		return Value{Entries: []Entry{e}}
+	}
+	n.learner.chosen(SlotValue{Slot: 1, Value: batch(1, 5)}, SlotValue{Slot: 2, Value: batch(2, 5)})
+	old := time.Now()
+	waitFor(t, 5*time.Second, "the entries to age", func() bool { return time.Since(old) > 60*time.Millisecond })
+	n.learner.chosen(SlotValue{Slot: 3, Value: batch(3, 5)}, SlotValue{Slot: 4, Value: batch(4, 5)})
+	rec, err := n.learner.record(13)
+	if err != nil || !rec.Continued || rec.Time != 0 {
+		t.Fatalf("record 13 (third of slot 3): %+v, %v: want the short form", rec, err)
+	}
+	if at, err := n.learner.appliedAt(13); err != nil || at < old.UnixNano() {
+		t.Fatalf("applied at %d, %v: want slot 3's time, after %d", at, err, old.UnixNano())
+	}
+	if err := n.learner.retain(); err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := n.learner.Bounds(); first != 11 {
+		t.Fatalf("first = %d after retention by age, want 11 (slot 3's first entry)", first)
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -282,9 +281,18 @@ func (l *Learner) withOwnSums(first Index, recs []learnerRecord) (map[uint64][]b
 			recs[k].Sum, recs[k].HasSum = s, true
 			s -= recs[k].hash(first + Index(k))
 		}
-	default: // no sum of this node's to count from: the records go without
+	default: // no sum of this node's to count from: the records go without,
+		// in full, a continued one with its slot's first record's time
 		for k := range recs {
 			recs[k].HasSum = false
+			if !recs[k].Continued {
+				continue
+			}
+			if j := k - recs[k].Pos; j >= 0 {
+				recs[k].Time = recs[j].Time
+			} else if at, err := l.appliedAt(first - Index(-j)); err == nil {
+				recs[k].Time = at
+			}
 		}
 	}
 	for k, rec := range recs {
@@ -301,17 +309,10 @@ func (l *Learner) withOwnSums(first Index, recs []learnerRecord) (map[uint64][]b
 	return fix, agrees
 }
 
-// appendUnsummed encodes rec in the older form, without a sum.
+// appendUnsummed encodes rec in the older form, without a sum, always in
+// full (that form has no short one).
 func appendUnsummed(rec learnerRecord) []byte {
-	b := rec.appendTo(nil)
-	// Drop the leading 0 and the 8 sum bytes after the four uvarints.
-	out := b[1:]
-	k := 0
-	for i := 0; i < 4; i++ {
-		_, n := binary.Uvarint(out[k:])
-		k += n
-	}
-	return append(append([]byte(nil), out[:k]...), out[k+8:]...)
+	return rec.appendFields(nil, false)
 }
 
 // repaired forgets first..last as damaged and wakes readers and feeds
