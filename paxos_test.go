@@ -524,8 +524,10 @@ func TestRestartedNodeNeverReusesABallot(t *testing.T) {
 }
 
 // TestLeaderOwnAcceptanceIsLazy: with both followers answering, the leader
-// journals its own acceptances without an fsync and the followers'
-// acknowledgements choose the values (P5); with one follower cut off, no
+// journals its own acceptances of rounds under load (rounds of more than
+// eagerOwnValues values) without an fsync and the followers'
+// acknowledgements choose the values (P5), while a small round after a
+// pause gets its acceptance synced at once; with one follower cut off, no
 // value can be chosen without the leader's acceptance, so the leader syncs
 // it before counting it, and appends still go through; a leader that
 // crashes with unsynced acceptances loses nothing acknowledged.
@@ -544,15 +546,45 @@ func TestLeaderOwnAcceptanceIsLazy(t *testing.T) {
 	followerBefore := scrape(t, c.node(followers[0]), fsyncs)
 	const n = 20
 	for i := 0; i < n; i++ {
-		c.mustAppend(leader, fmt.Sprintf(`{"lazy":%d}`, i))
+		vals := make([]string, eagerOwnValues+1)
+		for j := range vals {
+			vals[j] = fmt.Sprintf(`{"lazy":%d,"j":%d}`, i, j)
+		}
+		if _, err := c.appendBatch(context.Background(), leader, vals, ""); err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
 	}
 	// An append the leader's own synced acceptance completed (the follower
-	// slow to answer) returns before that follower's sync: wait for it.
-	waitFor(t, 5*time.Second, fmt.Sprintf("a follower to sync its acceptor at least %d times for %d sequential appends", n, n), func() bool {
-		return scrape(t, c.node(followers[0]), fsyncs)-followerBefore >= n
+	// slow to answer) returns before that follower's sync: wait for the
+	// followers to have synced all they journaled.
+	waitFor(t, 5*time.Second, "the followers to sync every acceptance", func() bool {
+		for _, id := range followers {
+			j := c.node(id).acceptor.journal
+			if _, last := j.Bounds(); j.Synced() < last {
+				return false
+			}
+		}
+		return scrape(t, c.node(followers[0]), fsyncs) > followerBefore
 	})
 	if got := scrape(t, c.node(leader), fsyncs) - leaderBefore; got >= n {
-		t.Errorf("the leader synced its own acceptances %v times for %d appends with both followers up, want fewer", got, n)
+		t.Errorf("the leader synced its own acceptances %v times for %d rounds of %d values with both followers up, want fewer", got, n, eagerOwnValues+1)
+	}
+
+	// Single appends, each after the leader has been idle: synced at once.
+	p := c.node(leader).proposer
+	leaderBefore = scrape(t, c.node(leader), fsyncs)
+	for i := 0; i < n; i++ {
+		waitFor(t, time.Second, "the leader to be idle", func() bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.ls != nil && len(p.ls.inflight) == 0 && time.Since(p.ls.lastChosen) >= eagerOwnIdle
+		})
+		c.mustAppend(leader, fmt.Sprintf(`{"eager":%d}`, i))
+	}
+	// (Not exactly n: a seal the acceptor writes meanwhile may sync one
+	// of them first. Lazy acceptances got none in the first part.)
+	if got := scrape(t, c.node(leader), fsyncs) - leaderBefore; got < n/2 {
+		t.Errorf("the leader synced its own acceptances %v times for %d single appends after a pause, want about %d", got, n, n)
 	}
 
 	// One follower away: every value needs the leader's own acceptance,
