@@ -464,12 +464,22 @@ func (l *Learner) record(i Index) (learnerRecord, error) {
 
 // appliedAt returns when this node applied the entry at index i (unix
 // nanoseconds): its record's time, or for a continued record its slot's
-// first record's.
+// first record's. Should the journal not hold that one (L4 says it
+// does), the entry counts as applied now: retention by age then keeps
+// more than it could, never less than it must. Not under l.mu.
 func (l *Learner) appliedAt(i Index) (int64, error) {
 	rec, err := l.record(i)
-	if err == nil && rec.Continued {
-		rec, err = l.record(i - Index(rec.Pos))
+	if err != nil || !rec.Continued {
+		return rec.Time, err
 	}
+	first := i - Index(rec.Pos)
+	l.mu.Lock()
+	held := first >= l.kept
+	l.mu.Unlock()
+	if !held {
+		return time.Now().UnixNano(), nil
+	}
+	rec, err = l.record(first)
 	return rec.Time, err
 }
 

@@ -283,11 +283,14 @@ func (l *Learner) withOwnSums(first Index, recs []learnerRecord) (map[uint64][]b
 		}
 	default: // no sum of this node's to count from: the records go without,
 		// in full, a continued one with its slot's first record's time
+		// (or, not found, now: retention by age then keeps it longer,
+		// where a zero would let it cut younger entries)
 		for k := range recs {
 			recs[k].HasSum = false
 			if !recs[k].Continued {
 				continue
 			}
+			recs[k].Time = time.Now().UnixNano()
 			if j := k - recs[k].Pos; j >= 0 {
 				recs[k].Time = recs[j].Time
 			} else if at, err := l.appliedAt(first - Index(-j)); err == nil {
