@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -252,7 +251,7 @@ func (a *Acceptor) step(f func(*acceptorState) *acceptorRecord) (uint64, error) 
 		_, last := a.journal.Bounds()
 		return last, nil
 	}
-	p := rec.appendTo(slices.Grow(a.recBuf[:0], 32+valuesSize(rec.Values)))
+	p := rec.appendTo(a.recBuf[:0])
 	seq, err := a.journal.Append(p) // copies p
 	if cap(p) <= maxKeptRecordBuf {
 		a.recBuf = p

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // codec.go: the binary form of what carries entry data on the append
@@ -294,12 +295,11 @@ func boolByte(v bool) byte {
 }
 
 // encode returns r in the binary form.
-func (r *acceptorRecord) encode() []byte {
-	return r.appendTo(make([]byte, 0, 32+valuesSize(r.Values)))
-}
+func (r *acceptorRecord) encode() []byte { return r.appendTo(nil) }
 
-// appendTo appends the record's encoding to b.
+// appendTo appends the record's encoding to b, growing b once for all of it.
 func (r *acceptorRecord) appendTo(b []byte) []byte {
+	b = slices.Grow(b, 32+valuesSize(r.Values))
 	batch := valuesHaveBatch(r.Values)
 	b = append(b, tagFor(tagRecord, batch), r.Kind[0])
 	b = appendBallot(b, r.Promised)

@@ -299,11 +299,11 @@ func (l *Learner) withOwnSums(first Index, recs []learnerRecord) (map[uint64][]b
 		}
 	}
 	for k, rec := range recs {
-		b := rec.appendTo(nil)
-		if !rec.HasSum {
-			b = appendUnsummed(rec)
+		if rec.HasSum {
+			fix[uint64(first)+uint64(k)] = rec.appendTo(nil)
+		} else {
+			fix[uint64(first)+uint64(k)] = appendUnsummed(rec)
 		}
-		fix[uint64(first)+uint64(k)] = b
 	}
 	agrees := true
 	if okBefore && okAfter {
