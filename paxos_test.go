@@ -106,7 +106,11 @@ func TestFaultyNetwork(t *testing.T) {
 // Lecture scenario 1: the proposer fails after prepare, before any accept
 // of a new value reaches an acceptor. Another node takes over.
 func TestProposerFailsAfterPrepare(t *testing.T) {
-	c := newTestCluster(t, 3, testSeed(t))
+	// No election while the lost append waits: a new leader would find
+	// the value in l1's own acceptor and choose it, rightly, and the
+	// append would be acknowledged (CI, under -race with every test
+	// running, once saw that with the 80 ms default).
+	c := newTestClusterWith(t, 3, testSeed(t), func(cfg *Config) { cfg.ElectionTimeout = time.Second })
 	l1 := c.leader(5 * time.Second)
 	c.mustAppend(l1, `"before"`)
 	c.net.setHook(func(from, to NodeID, method string, body []byte) bool {
